@@ -1,0 +1,214 @@
+"""
+Field-aware encoding of model rows into plain values, and back.
+
+A row is encoded as ``[fingerprint, value_1, …, value_n]`` in the order of the
+model's concrete fields. Each value is converted according to its field's type so
+that it survives JSON exactly: aware datetimes keep their offset, Decimals keep
+their digits, durations are whole microseconds, bytes are base64. The fingerprint
+names the field layout; a payload written by code with another layout (a deploy
+that added a field, or a foreign writer) is refused and treated as a miss.
+
+Decoding builds the instance with ``Model.from_db``, so it is indistinguishable
+from one the ORM loaded: ``_state.adding`` is False and ``_state.db`` is set.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from django.db import models
+from django.db.models import Field, Model
+
+from cachepatterns_app.exceptions import SerializationError
+from cachepatterns_app.keys import model_label
+
+__all__ = ["RowCodec", "row_codec"]
+
+Convert = Callable[[Any], Any]
+
+CODEC_VERSION = 1
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _datetime_out(value: datetime.datetime) -> str:
+    return value.isoformat()
+
+
+def _duration_out(value: datetime.timedelta) -> int:
+    return value // datetime.timedelta(microseconds=1)
+
+
+def _duration_in(value: int) -> datetime.timedelta:
+    return datetime.timedelta(microseconds=value)
+
+
+def _bytes_out(value: bytes | memoryview) -> str:
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def _bytes_in(value: str) -> bytes:
+    return base64.b64decode(value)
+
+
+def _file_out(value: Any) -> Any:
+    # FieldFile -> its stored name, which is what the database column holds.
+    return getattr(value, "name", value)
+
+
+def _uuid_out(value: uuid.UUID | str) -> str:
+    return value.hex if isinstance(value, uuid.UUID) else uuid.UUID(str(value)).hex
+
+
+def _converters(field: Field[Any, Any]) -> tuple[Convert, Convert]:
+    """Return (encode, decode) for one concrete field; identity where JSON suffices."""
+    if isinstance(field, models.ForeignKey):
+        return _converters(field.target_field)
+    if isinstance(field, models.GeneratedField):
+        return _converters(field.output_field)
+    if isinstance(field, models.JSONField):
+        encoder, decoder = field.encoder, field.decoder
+        # Kept as the JSON text the column holds, decoded with the field's own decoder,
+        # so custom encoder/decoder pairs behave exactly as they do from the database.
+        return (
+            lambda v: json.dumps(v, cls=encoder),
+            lambda v: json.loads(v, cls=decoder),
+        )
+    if isinstance(field, models.DateTimeField):
+        return _datetime_out, datetime.datetime.fromisoformat
+    if isinstance(field, models.DateField):
+        return datetime.date.isoformat, datetime.date.fromisoformat
+    if isinstance(field, models.TimeField):
+        return datetime.time.isoformat, datetime.time.fromisoformat
+    if isinstance(field, models.DurationField):
+        return _duration_out, _duration_in
+    if isinstance(field, models.DecimalField):
+        return str, decimal.Decimal
+    if isinstance(field, models.UUIDField):
+        return _uuid_out, lambda v: uuid.UUID(hex=v)
+    if isinstance(field, models.BinaryField):
+        return _bytes_out, _bytes_in
+    if isinstance(field, models.FileField):
+        return _file_out, _identity
+    if isinstance(
+        field,
+        models.IntegerField
+        | models.AutoField
+        | models.BooleanField
+        | models.FloatField
+        | models.CharField
+        | models.TextField
+        | models.GenericIPAddressField,
+    ):
+        return _identity, _identity
+    return _fallback(field)
+
+
+def _fallback(field: Field[Any, Any]) -> tuple[Convert, Convert]:
+    """Any other field: plain JSON values pass, others go through the field's text form."""
+    plain = (str, int, float, bool)
+
+    def encode(value: Any) -> Any:
+        if isinstance(value, plain):
+            return value
+        return ["~t", field.value_to_string(_Holder(field, value))]
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, list) and len(value) == 2 and value[0] == "~t":
+            return field.to_python(value[1])
+        return value
+
+    return encode, decode
+
+
+class _Holder:
+    """The minimal object ``Field.value_to_string`` reads an attribute from."""
+
+    def __init__(self, field: Field[Any, Any], value: Any) -> None:
+        setattr(self, field.attname, value)
+
+
+class RowCodec:
+    """Encode and decode full rows of one model."""
+
+    def __init__(self, model: type[Model]) -> None:
+        self.model = model
+        self.label = model_label(model)
+        fields = list(model._meta.concrete_fields)
+        self.attnames: list[str] = [f.attname for f in fields]
+        pairs = [_converters(f) for f in fields]
+        self._encoders = [(i, enc) for i, (enc, _) in enumerate(pairs) if enc is not _identity]
+        self._decoders = [(i, dec) for i, (_, dec) in enumerate(pairs) if dec is not _identity]
+        layout = "|".join(f"{f.attname}:{f.get_internal_type()}" for f in fields)
+        digest = hashlib.sha1(f"{CODEC_VERSION}|{self.label}|{layout}".encode()).hexdigest()
+        self.fingerprint = digest[:10]
+        self._width = len(fields) + 1
+
+    def deferred(self, instance: Model) -> bool:
+        """Return whether ``instance`` lacks any concrete field (``only()``/``defer()``)."""
+        return any(name not in instance.__dict__ for name in self.attnames)
+
+    def encode(self, instance: Model) -> list[Any]:
+        """Return the plain-value form of ``instance`` (all concrete fields loaded)."""
+        data = instance.__dict__
+        try:
+            values: list[Any] = [self.fingerprint, *[data[name] for name in self.attnames]]
+        except KeyError as e:
+            raise SerializationError(
+                f"Cannot cache a {self.label} with deferred field {e.args[0]!r}; load "
+                "the full row (no only()/defer())."
+            ) from None
+        for index, encode in self._encoders:
+            value = values[index + 1]
+            if value is not None:
+                try:
+                    values[index + 1] = encode(value)
+                except (TypeError, ValueError, AttributeError) as e:
+                    raise SerializationError(
+                        f"Cannot encode {self.label}.{self.attnames[index]} = {value!r}: {e}"
+                    ) from e
+        return values
+
+    def decode(self, values: Sequence[Any], db: str) -> Model:
+        """Return the instance encoded in ``values``, as if loaded from database ``db``."""
+        if (
+            not isinstance(values, list)
+            or len(values) != self._width
+            or values[0] != self.fingerprint
+        ):
+            raise SerializationError(
+                f"Cached payload does not match the current layout of {self.label}; "
+                "it was written by other code and is discarded."
+            )
+        row = values[1:]
+        for index, decode in self._decoders:
+            value = row[index]
+            if value is not None:
+                try:
+                    row[index] = decode(value)
+                except (TypeError, ValueError, AttributeError, decimal.InvalidOperation) as e:
+                    raise SerializationError(
+                        f"Cached {self.label}.{self.attnames[index]} is corrupt: {e}"
+                    ) from e
+        return self.model.from_db(db, self.attnames, row)
+
+
+_codecs: dict[type[Model], RowCodec] = {}
+
+
+def row_codec(model: type[Model]) -> RowCodec:
+    """Return the shared codec of ``model``."""
+    try:
+        return _codecs[model]
+    except KeyError:
+        codec = _codecs[model] = RowCodec(model)
+        return codec

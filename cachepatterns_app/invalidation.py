@@ -1,0 +1,194 @@
+"""
+Run cache invalidations after the outermost commit, batched, and never lose one.
+
+Every write path calls :func:`after_commit` with the Redis operations it needs
+(delete a row's keys, bump a family's generation, write a tombstone, put a fresh
+row). Outside a transaction they run at once. Inside one they wait for the
+outermost commit through Django's ``transaction.on_commit``, so a rolled-back
+transaction or savepoint discards them exactly as Django discards its own hooks.
+
+Writes at the same savepoint level share one hook, so a transaction that saves a
+thousand rows costs one round trip at commit, not a thousand.
+
+An invalidation that cannot reach Redis is kept in this process and retried when
+the circuit breaker closes again, or by the ``cachepatterns.retry_invalidations``
+task; until then the stale key can only be read if Redis comes back before the
+retry, which the retry-on-close hook makes a window of one call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import connections, transaction
+
+from cachepatterns_app import stats
+from cachepatterns_app.exceptions import CacheUnavailable
+
+__all__ = [
+    "Batch",
+    "after_commit",
+    "has_pending_writes",
+    "pending_retries",
+    "queue_for_retry",
+    "retry_failed",
+]
+
+logger = logging.getLogger(__name__)
+
+Command = tuple[Any, ...]
+
+
+@dataclass
+class Batch:
+    """Redis commands (and follow-up callables) to run once a transaction commits."""
+
+    sids: set[str] = field(default_factory=set)
+    commands: dict[Command, str] = field(default_factory=dict)
+    callbacks: list[Callable[[], None]] = field(default_factory=list)
+
+    def add(self, commands: Iterable[tuple[Command, str]], callback: Callable[[], None] | None) -> None:
+        for command, label in commands:
+            self.commands.setdefault(command, label)
+        if callback is not None:
+            self.callbacks.append(callback)
+
+    def run(self) -> None:
+        """Send the commands in one pipeline, then run the callbacks. Never raises."""
+        if self.commands:
+            send(self.commands)
+        for callback in self.callbacks:
+            try:
+                callback()
+            except Exception:  # a callback must not stop the others or the commit hooks
+                logger.exception("cachepatterns after-commit callback failed")
+
+
+def after_commit(
+    commands: Iterable[tuple[Command, str]],
+    using: str,
+    callback: Callable[[], None] | None = None,
+) -> None:
+    """
+    Run ``commands`` (each with the label it is counted under) after ``using`` commits.
+
+    ``callback`` runs after the commands, for work that must read the committed
+    database first (write-through puts).
+    """
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        batch = Batch()
+        batch.add(commands, callback)
+        batch.run()
+        return
+    sids = set(connection.savepoint_ids)
+    hooks = connection.run_on_commit
+    if hooks:
+        # Join the newest hook if it is ours and at this savepoint level: it then
+        # has exactly the fate a new hook would have (run on commit, dropped with
+        # the same savepoints).
+        last = hooks[-1][1]
+        owner = getattr(last, "__self__", None)
+        if isinstance(owner, Batch) and owner.sids == sids:
+            owner.add(commands, callback)
+            return
+    batch = Batch(sids=sids)
+    batch.add(commands, callback)
+    transaction.on_commit(batch.run, using=using)
+
+
+def has_pending_writes(using: str) -> bool:
+    """Return whether the open transaction on ``using`` has written a cached model."""
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        return False
+    return any(isinstance(getattr(hook[1], "__self__", None), Batch) for hook in connection.run_on_commit)
+
+
+# -- sending, and retrying what could not be sent ------------------------------------
+
+_failed: dict[Command, str] = {}
+_failed_lock = threading.Lock()
+
+
+def send(commands: dict[Command, str]) -> bool:
+    """Send invalidation commands now; queue them for retry if Redis is unavailable."""
+    from cachepatterns_app.store import get_store
+
+    store = get_store()
+    try:
+        store.pipeline(commands)
+    except CacheUnavailable as e:
+        queue_for_retry(commands)
+        logger.error(
+            "Could not invalidate %d cache key(s) after commit (%s); queued for retry. "
+            "They are sent before any other call once Redis answers again.",
+            len(commands),
+            e,
+        )
+        return False
+    for label in commands.values():
+        stats.record("invalidation", label)
+    return True
+
+
+def queue_for_retry(commands: dict[Command, str]) -> None:
+    """Keep ``commands`` until Redis answers; they are sent before any other call then."""
+    from cachepatterns_app.store import get_store
+
+    store = get_store()
+    with _failed_lock:
+        _failed.update(commands)
+        if _send_queued not in store.recovery_hooks:
+            store.recovery_hooks.append(_send_queued)
+        store.armed = True
+    for label in commands.values():
+        stats.record("invalidation_failed", label)
+
+
+def _send_queued(client: Any) -> bool:
+    """Recovery hook: send what was queued over ``client``; raise if Redis is still down."""
+    with _failed_lock:
+        batch = dict(_failed)
+    if not batch:
+        return True
+    pipe = client.pipeline(transaction=False)
+    for command in batch:
+        if command[0] == "SCRIPT":
+            from cachepatterns_app.store import SCRIPTS
+
+            _, name, keys, args = command
+            pipe.eval(SCRIPTS[name], len(keys), *keys, *args)
+        else:
+            pipe.execute_command(*command)
+    pipe.execute(raise_on_error=True)
+    with _failed_lock:
+        for command in batch:
+            _failed.pop(command, None)
+        done = not _failed
+    logger.warning("Sent %d invalidation(s) queued while Redis was unavailable", len(batch))
+    for label in batch.values():
+        stats.record("invalidation", label)
+    return done
+
+
+def pending_retries() -> int:
+    """Return how many invalidations wait for Redis to come back."""
+    with _failed_lock:
+        return len(_failed)
+
+
+def retry_failed() -> int:
+    """Send the queued invalidations now if Redis answers; return how many remain queued."""
+    from cachepatterns_app.store import get_store
+
+    if pending_retries():
+        try:
+            get_store().execute("PING")
+        except CacheUnavailable as e:
+            logger.info("Queued invalidations not sent yet: %s", e)
+    return pending_retries()

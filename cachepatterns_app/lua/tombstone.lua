@@ -1,0 +1,5 @@
+-- Remove a deleted row and block late writer puts for a while.
+-- KEYS[1] value, KEYS[2] lease, KEYS[3] version; ARGV[1] tombstone ttl ms.
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], 'x', 'PX', ARGV[1])
+return 1

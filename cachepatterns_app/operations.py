@@ -1,0 +1,42 @@
+"""
+Explicit invalidation: the escape hatch for writes the app cannot see (raw SQL,
+``.raw()``, another service writing the same tables).
+
+Both functions respect transactions: inside ``atomic()`` they run after the
+outermost commit, and not at all if it rolls back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import router
+from django.db.models import Model
+
+from cachepatterns_app.families import Family
+from cachepatterns_app.invalidation import after_commit
+from cachepatterns_app.signals import rows_changed
+
+__all__ = ["invalidate", "invalidate_family"]
+
+
+def invalidate(target: Model | type[Model], *pks: Any, using: str | None = None) -> None:
+    """
+    Invalidate cached rows.
+
+    ``invalidate(instance)`` drops that row and every family that depends on it
+    (for its current values); ``invalidate(Model, pk1, pk2, …)`` drops those rows.
+    """
+    if isinstance(target, Model):
+        model = type(target)
+        db = using or target._state.db or router.db_for_write(model)
+        rows_changed(model, db, [target.pk, *pks], new=[target])
+        return
+    if not pks:
+        raise TypeError("invalidate(Model, *pks) needs at least one primary key.")
+    rows_changed(target, using or router.db_for_write(target), list(pks))
+
+
+def invalidate_family(template: str, *, using: str | None = None, **params: Any) -> None:
+    """Invalidate every cached member of the family ``template`` names with ``params``."""
+    after_commit([Family(template).bump(params)], using or "default")

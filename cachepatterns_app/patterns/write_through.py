@@ -1,0 +1,251 @@
+"""
+Write-through for model rows: reads as cache-aside; a committed ``save()`` puts the
+fresh row into Redis, so the next read is a hit with the new value.
+
+Two writers can commit in one order and reach Redis in the other. Every row
+therefore carries an integer version that the database increments atomically on
+every write path (``save()`` sends ``version = version + 1``; ``update()`` and
+``bulk_update()`` too), and the put is a check-and-set in one Lua call that never
+replaces a newer version. A delete leaves a tombstone so a late put cannot bring
+the row back.
+
+Knowing the version a save produced costs nothing on MySQL/MariaDB: the update
+sets it through ``LAST_INSERT_ID(version + 1)``, which the server returns in the
+same reply. Elsewhere the row is read back: inside a transaction only its version
+(the row is locked until commit), in autocommit the whole row after commit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.db import connections, models
+from django.db.models import F, Field, Func, Model
+from django.db.models.fields import NOT_PROVIDED
+
+from cachepatterns_app import stats
+from cachepatterns_app.conf import get_settings
+from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
+from cachepatterns_app.invalidation import Command, queue_for_retry
+from cachepatterns_app.keys import RowKeys
+from cachepatterns_app.patterns.cache_aside import UNSET, RowCache, ttl_ms
+from cachepatterns_app.store import SCRIPTS
+
+__all__ = ["WriteThroughRowCache"]
+
+logger = logging.getLogger(__name__)
+
+_STATE = "_cachepatterns_wt"
+
+
+class _LastInsertId(Func):
+    function = "LAST_INSERT_ID"
+
+
+class WriteThroughRowCache(RowCache):
+    """Row cache whose saves put the fresh row, ordered by a version field."""
+
+    pattern = "write_through"
+
+    def __init__(self, model: type[Model], *, ttl: int | None = UNSET, version_field: str = "version") -> None:
+        super().__init__(model, ttl=ttl)
+        self.version_name = version_field
+
+    @cached_property
+    def version(self) -> Field[Any, Any]:
+        try:
+            field = self.model._meta.get_field(self.version_name)
+        except Exception as e:  # noqa: BLE001 - FieldDoesNotExist, surfaced as configuration
+            raise ConfigurationError(
+                f"{self.label} uses WriteThroughManager(version_field={self.version_name!r}) "
+                f"but has no such field. Add `{self.version_name} = "
+                "models.PositiveBigIntegerField(default=0)` and make a migration."
+            ) from e
+        return field  # type: ignore[return-value]
+
+    @cached_property
+    def _memory_is_the_row(self) -> bool:
+        # With database-computed columns, what save() sent is not all the row holds.
+        return not any(
+            isinstance(f, models.GeneratedField) or getattr(f, "db_default", NOT_PROVIDED) is not NOT_PROVIDED
+            for f in self.model._meta.concrete_fields
+        )
+
+    # -- versions ----------------------------------------------------------------
+
+    def _ver_ttl(self, ttl: int) -> int:
+        return 2 * ttl + int(get_settings().LOCK_TIMEOUT * 1000) if ttl else 0
+
+    def _tombstone_ms(self) -> int:
+        return 2 * int((self.ttl or 86400) * 1000)
+
+    def put_command(self, keys: RowKeys, version: int, payload: bytes, token: str = "") -> Command:
+        """Return the check-and-set that stores ``payload`` unless a newer version is cached."""
+        ttl = ttl_ms(self.ttl)
+        return ("SCRIPT", "put_versioned", (keys.value, keys.lease, keys.version), (version, payload, ttl, self._ver_ttl(ttl), token))
+
+    def fill_command(self, keys: RowKeys, token: str, instance: Model, payload: bytes) -> tuple[Any, ...]:
+        ttl = ttl_ms(self.ttl)
+        version = getattr(instance, self.version.attname) or 0
+        return (
+            "EVAL",
+            SCRIPTS["put_versioned"],
+            3,
+            keys.value,
+            keys.lease,
+            keys.version,
+            version,
+            payload,
+            ttl,
+            self._ver_ttl(ttl),
+            token,
+        )
+
+    def deletion(self, pks: Any) -> list[tuple[Command, str]]:
+        out: list[tuple[Command, str]] = []
+        for pk in pks:
+            keys = self.keys(pk)
+            out.append((("SCRIPT", "tombstone", (keys.value, keys.lease, keys.version), (self._tombstone_ms(),)), self.label))
+        return out
+
+    # -- save() --------------------------------------------------------------------
+
+    def before_save(self, instance: Model, using: str) -> None:
+        field = self.version
+        if instance._state.adding:
+            if getattr(instance, field.attname) is None:
+                setattr(instance, field.attname, 0)
+            instance.__dict__[_STATE] = None
+            return
+        connection = connections[using]
+        increment = F(field.attname) + 1
+        if connection.vendor == "mysql":
+            capture = _VersionCapture(self.model._meta.db_table)
+            connection.execute_wrappers.append(capture)
+            setattr(instance, field.attname, _LastInsertId(increment))
+            instance.__dict__[_STATE] = capture
+        else:
+            setattr(instance, field.attname, increment)
+            instance.__dict__[_STATE] = None
+
+    def saved(self, instance: Model, using: str, update_fields: Any = None) -> tuple[list[tuple[Command, str]], Any]:
+        capture = instance.__dict__.pop(_STATE, None)
+        connection = connections[using]
+        if capture is not None and capture in connection.execute_wrappers:
+            connection.execute_wrappers.remove(capture)
+        field = self.version
+        pk = instance.pk
+        version = getattr(instance, field.attname)
+        query = models.QuerySet(self.model, using=using).filter(pk=pk)
+        if update_fields is not None and field.attname not in update_fields and field.name not in update_fields:
+            # save(update_fields=...) without the version: order this write anyway.
+            query.update(**{field.attname: F(field.attname) + 1})
+            version = None
+        elif capture is not None and capture.version is not None:
+            version = capture.version
+        elif hasattr(version, "resolve_expression"):
+            version = query.values_list(field.attname, flat=True).get() if connection.in_atomic_block else None
+        if version is not None:
+            setattr(instance, field.attname, version)
+        full_save = update_fields is None and not self.codec.deferred(instance)
+        if version is not None and full_save and self._memory_is_the_row:
+            payload = self.encode(_canonical(instance, self.model))
+            if payload is not None:
+                keys = self.keys(pk)
+                command = self.put_command(keys, int(version), payload)
+                return [], lambda: self._put([(keys, command)])
+        return [], lambda: self._reread_and_put([pk], using)
+
+    def _reread_and_put(self, pks: Sequence[Any], using: str) -> None:
+        """After commit: read the rows (each with its version) and put them."""
+        rows = models.QuerySet(self.model, using=using).filter(pk__in=list(pks))
+        puts = []
+        for row in rows:
+            payload = self.encode(row)
+            if payload is not None:
+                keys = self.keys(row.pk)
+                puts.append((keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload)))
+        self._put(puts)
+
+    def _put(self, puts: list[tuple[RowKeys, Command]]) -> None:
+        from cachepatterns_app.store import get_store
+
+        if not puts:
+            return
+        try:
+            get_store().pipeline(command for _, command in puts)
+        except CacheUnavailable as e:
+            logger.error("Write-through put failed (%s); the keys will be invalidated on recovery", e)
+            queue_for_retry({("DEL", keys.value, keys.lease): self.label for keys, _ in puts})
+            return
+        stats.record("put", self.label, len(puts))
+
+    # -- bulk paths ----------------------------------------------------------------
+
+    def update_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        field = self.version
+        if field.name in kwargs or field.attname in kwargs:
+            return kwargs
+        return {**kwargs, field.attname: F(field.attname) + 1}
+
+    def before_bulk_update(self, objs: Sequence[Model], fields: list[str]) -> list[str]:
+        field = self.version
+        for obj in objs:
+            setattr(obj, field.attname, F(field.attname) + 1)
+        return fields if field.name in fields or field.attname in fields else [*fields, field.name]
+
+    def after_bulk_update(self, objs: Sequence[Model], using: str) -> None:
+        field = self.version
+        versions = dict(
+            models.QuerySet(self.model, using=using)
+            .filter(pk__in=[obj.pk for obj in objs])
+            .values_list("pk", field.attname)
+        )
+        for obj in objs:
+            setattr(obj, field.attname, versions.get(obj.pk))
+
+
+class _VersionCapture:
+    """An execute wrapper that reads the version ``LAST_INSERT_ID(…)`` produced."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.version: int | None = None
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        result = execute(sql, params, many, context)
+        if self.version is None and sql.startswith("UPDATE") and self.table in sql and "LAST_INSERT_ID" in sql:
+            cursor = context["cursor"]
+            if cursor.rowcount:
+                self.version = int(cursor.lastrowid)
+        return result
+
+
+def _canonical(instance: Model, model: type[Model]) -> Model:
+    """Return ``instance`` with values as the database would return them."""
+    changed: dict[str, Any] = {}
+    for field in model._meta.concrete_fields:
+        value = instance.__dict__.get(field.attname)
+        if value is None:
+            continue
+        if isinstance(field, models.DecimalField) and isinstance(value, decimal.Decimal | int | float | str):
+            changed[field.attname] = decimal.Decimal(str(value)).quantize(decimal.Decimal(1).scaleb(-field.decimal_places))
+        elif (
+            isinstance(field, models.DateTimeField)
+            and isinstance(value, datetime.datetime)
+            and django_settings.USE_TZ
+            and value.tzinfo is not None
+        ):
+            changed[field.attname] = value.astimezone(datetime.UTC)
+    if not changed:
+        return instance
+    clone = model.__new__(model)
+    clone.__dict__.update(instance.__dict__)
+    clone.__dict__.update(changed)
+    return clone

@@ -1,0 +1,102 @@
+"""
+Which models are cached, and which cached results depend on which models.
+
+Managers register a row cache for their model when Django builds the model class;
+decorators register their ``depends_on`` families when they are applied. The app's
+``ready()`` connects signal handlers for everything registered here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.db.models import Model
+
+if TYPE_CHECKING:
+    from cachepatterns_app.patterns.cache_aside import RowCache
+
+__all__ = [
+    "Dependency",
+    "dependencies_of",
+    "register_dependency",
+    "register_row_cache",
+    "row_cache_for",
+    "row_caches",
+    "watched_models",
+]
+
+_lock = threading.Lock()
+_row_caches: dict[type[Model], RowCache] = {}
+
+
+def register_row_cache(model: type[Model], cache: RowCache) -> None:
+    """Cache rows of ``model`` with ``cache`` (one row cache per concrete table)."""
+    with _lock:
+        _row_caches[model] = cache
+
+
+def row_cache_for(model: type[Model]) -> RowCache | None:
+    """Return the row cache of ``model`` or of the concrete model it proxies."""
+    cache = _row_caches.get(model)
+    if cache is None and model._meta.proxy:
+        concrete = model._meta.concrete_model
+        cache = _row_caches.get(concrete) if concrete is not None else None
+        if cache is None:
+            for other, candidate in list(_row_caches.items()):
+                if other._meta.concrete_model is concrete:
+                    return candidate
+    return cache
+
+
+def row_caches() -> dict[type[Model], RowCache]:
+    """Return every registered row cache by model."""
+    with _lock:
+        return dict(_row_caches)
+
+
+ParamsFn = Callable[[Model], Iterable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A family to invalidate when a row of ``model`` changes.
+
+    ``params`` turns a row into the family parameters it belongs to; ``fields``
+    are the attribute names it reads (to fetch old values before a bulk update),
+    empty when ``params`` is an arbitrary callable.
+    """
+
+    model: type[Model]
+    family: Any  # cachepatterns_app.families.Family; Any avoids an import cycle
+    params: ParamsFn
+    fields: tuple[str, ...]
+
+
+_dependencies: dict[type[Model], list[Dependency]] = {}
+
+
+def register_dependency(dependency: Dependency) -> None:
+    """Invalidate ``dependency.family`` whenever a ``dependency.model`` row changes."""
+    with _lock:
+        _dependencies.setdefault(dependency.model, []).append(dependency)
+    from cachepatterns_app import signals
+
+    signals.connect_model(dependency.model)
+
+
+def dependencies_of(model: type[Model]) -> list[Dependency]:
+    """Return the dependencies registered for ``model`` (and the model it proxies)."""
+    found = list(_dependencies.get(model, ()))
+    concrete = model._meta.concrete_model
+    if concrete is not None and concrete is not model:
+        found.extend(_dependencies.get(concrete, ()))
+    return found
+
+
+def watched_models() -> set[type[Model]]:
+    """Return every model whose writes cachepatterns must observe."""
+    with _lock:
+        return set(_row_caches) | set(_dependencies)

@@ -1,0 +1,212 @@
+"""
+Connect model signals to cache invalidation, and turn "these rows changed" into
+Redis commands that run after commit.
+
+Per-instance writes arrive as ``pre_save``/``post_save``/``post_delete``; bulk
+writes arrive from the app's querysets (``managers``), which call
+:func:`rows_changed` directly. Both end in :func:`rows_changed`, so the rules of
+what a changed row invalidates live in one place:
+
+- its own row key (and the row keys of multi-table-inheritance parents);
+- every family that depends on its model, for the values it had *before* the
+  write (read with ``SELECT … FOR UPDATE`` when inside a transaction) and the
+  values it has after, so a row moving between owners invalidates both.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from django.apps import apps
+from django.db import connections, models
+from django.db.models import Model, signals
+
+from cachepatterns_app.invalidation import Command, after_commit
+from cachepatterns_app.registry import dependencies_of, row_cache_for, watched_models
+
+__all__ = ["connect_all", "connect_model", "old_rows", "rows_changed"]
+
+logger = logging.getLogger(__name__)
+
+_OLD = "_cachepatterns_old"
+
+
+def rows_changed(
+    model: type[Model],
+    using: str,
+    pks: Sequence[Any],
+    *,
+    old: Iterable[Model] = (),
+    new: Iterable[Model] = (),
+    deleted: bool = False,
+    saved: Model | None = None,
+    update_fields: Any = None,
+) -> None:
+    """Schedule everything that rows ``pks`` of ``model`` changing invalidates."""
+    commands: list[tuple[Command, str]] = []
+    callback: Callable[[], None] | None = None
+    for klass in [model, *model._meta.get_parent_list()]:
+        cache = row_cache_for(klass)
+        if cache is None:
+            continue
+        if deleted:
+            commands.extend(cache.deletion(pks))
+        elif saved is not None and klass is model:
+            more, callback = cache.saved(saved, using, update_fields)
+            commands.extend(more)
+        else:
+            commands.extend(cache.invalidation(pks))
+            if klass is model:
+                callback = cache.bulk_written(pks, using)
+    dependencies = dependencies_of(model)
+    if dependencies:
+        rows = [*old, *new]
+        for dependency in dependencies:
+            for row in rows:
+                for params in dependency.params(row):
+                    commands.append(dependency.family.bump(params))
+    if commands or callback:
+        after_commit(commands, using, callback)
+
+
+def old_rows(queryset: models.QuerySet[Any]) -> list[Model]:
+    """
+    Return the rows of ``queryset`` as they are before a write, loading only the
+    fields the dependencies read (nothing if the model has no dependencies).
+    Inside a transaction the rows are locked until commit, so no concurrent writer
+    can move them between this read and the write.
+    """
+    model = queryset.model
+    if not dependencies_of(model):
+        return []
+    fields = _dependency_fields(model)
+    if fields:
+        queryset = queryset.only(*fields)
+    connection = connections[queryset.db]
+    if connection.in_atomic_block and connection.features.has_select_for_update:
+        queryset = queryset.select_for_update()
+    return list(queryset)
+
+
+def _dependency_fields(model: type[Model]) -> set[str] | None:
+    """Return the attribute names dependencies of ``model`` read (None: the whole row)."""
+    names: set[str] = set()
+    for dependency in dependencies_of(model):
+        if not dependency.fields:
+            return None
+        names.update(dependency.fields)
+    return names
+
+
+# -- per-instance signal handlers ---------------------------------------------------------
+
+
+def _pre_save(sender: type[Model], instance: Model, raw: bool, using: str, update_fields: Any, **kwargs: Any) -> None:
+    if raw:
+        return
+    cache = row_cache_for(sender)
+    if cache is not None:
+        cache.before_save(instance, using)
+    if not dependencies_of(sender) or (instance._state.adding and instance.pk is None):
+        return
+    fields = _dependency_fields(sender)
+    if update_fields is not None and fields is not None:
+        written = set(update_fields)
+        watched = {f for name in fields for f in _names(sender, name)}
+        if not written & watched:
+            return
+    instance.__dict__[_OLD] = old_rows(models.QuerySet(sender, using=using).filter(pk=instance.pk))
+
+
+def _names(model: type[Model], name: str) -> set[str]:
+    field = model._meta.get_field(name)
+    return {field.name, getattr(field, "attname", field.name)}
+
+
+def _post_save(
+    sender: type[Model], instance: Model, created: bool, raw: bool, using: str, update_fields: Any, **kwargs: Any
+) -> None:
+    if raw:
+        return
+    old = instance.__dict__.pop(_OLD, [])
+    rows_changed(sender, using, [instance.pk], old=old, new=[instance], saved=instance, update_fields=update_fields)
+
+
+def _post_delete(sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
+    rows_changed(sender, using, [instance.pk], old=[instance], deleted=True)
+
+
+def _set_null_handler(child: type[Model], field: models.ForeignKey[Any, Any]) -> Callable[..., None]:
+    """
+    Deleting a parent row with ``on_delete=SET_NULL``/``SET_DEFAULT``/``SET()`` makes
+    Django's collector update child rows with a plain ``UPDATE``: no signal tells
+    us, so look up the children before the delete.
+    """
+
+    def handler(sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
+        children = old_rows(models.QuerySet(child, using=using).filter(**{field.name: instance}))
+        pks = (
+            [row.pk for row in children]
+            if children
+            else list(models.QuerySet(child, using=using).filter(**{field.name: instance}).values_list("pk", flat=True))
+        )
+        if not pks:
+            return
+        moved = []
+        for row in children:
+            clone = copy.copy(row)
+            clone.__dict__[field.attname] = None
+            moved.append(clone)
+        rows_changed(child, using, pks, old=children, new=moved)
+
+    return handler
+
+
+# -- wiring ------------------------------------------------------------------------------------
+
+
+def _senders(model: type[Model]) -> set[type[Model]]:
+    """Return every model class whose signals report writes to ``model``'s rows."""
+    concrete = model._meta.concrete_model or model
+    senders = {model, concrete}
+    if apps.ready:
+        for other in apps.get_models():
+            if other._meta.concrete_model is concrete or concrete in other._meta.get_parent_list():
+                senders.add(other)
+    return senders
+
+
+def connect_model(model: type[Model]) -> None:
+    """Connect the invalidation handlers for ``model`` (idempotent)."""
+    for sender in _senders(model):
+        uid = f"cachepatterns:{sender._meta.label}"
+        signals.pre_save.connect(_pre_save, sender=sender, weak=False, dispatch_uid=uid)
+        signals.post_save.connect(_post_save, sender=sender, weak=False, dispatch_uid=uid)
+        signals.post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
+    if not apps.ready:
+        return
+    for field in model._meta.concrete_fields:
+        if not isinstance(field, models.ForeignKey) or field.remote_field.on_delete in (
+            models.CASCADE,
+            models.PROTECT,
+            models.RESTRICT,
+            models.DO_NOTHING,
+        ):
+            continue
+        target = field.related_model
+        if isinstance(target, type):
+            signals.pre_delete.connect(
+                _set_null_handler(model, field),
+                sender=target,
+                weak=False,
+                dispatch_uid=f"cachepatterns:setnull:{model._meta.label}.{field.name}",
+            )
+
+
+def connect_all() -> None:
+    """Connect handlers for every model registered so far (called from ``ready()``)."""
+    for model in watched_models():
+        connect_model(model)

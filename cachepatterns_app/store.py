@@ -1,0 +1,286 @@
+"""
+The only module that talks to Redis.
+
+It borrows django-redis's client for ``CACHE_ALIAS`` (so pools, Sentinel and the
+cluster client configured in ``CACHES`` are reused), runs the Lua scripts in
+``lua/`` by SHA (loaded once, reloaded after a server restart), and puts a
+circuit breaker in front of every call: a connection failure or timeout raises
+:class:`~cachepatterns_app.exceptions.CacheUnavailable`, and while the breaker is
+open calls raise it at once instead of waiting for the socket timeout again.
+
+Fills whose reply nobody needs (the caller already has its row) are sent with
+``CLIENT REPLY SKIP``: the command is written to the socket and no reply comes
+back, which takes a network round trip off every cache miss.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from importlib.resources import files
+from typing import Any, TypeVar
+
+from redis import exceptions as redis_errors
+
+from cachepatterns_app.breaker import CircuitBreaker
+from cachepatterns_app.conf import get_settings
+from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
+
+__all__ = ["SCRIPTS", "Store", "get_store", "new_token", "reset"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCRIPTS: dict[str, str] = {
+    path.name.removesuffix(".lua"): path.read_text(encoding="utf-8")
+    for path in files("cachepatterns_app").joinpath("lua").iterdir()
+    if path.name.endswith(".lua")
+}
+
+_CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+_token_prefix = os.urandom(6).hex()
+_token_counter = itertools.count()
+
+
+def new_token() -> str:
+    """Return a lease token unique across processes and threads."""
+    return f"{_token_prefix}{next(_token_counter):x}"
+
+
+class Store:
+    """Redis operations for one cache alias, behind one circuit breaker."""
+
+    def __init__(self, alias: str) -> None:
+        self.alias = alias
+        settings = get_settings()
+        breaker = settings.CIRCUIT_BREAKER
+        self.breaker = CircuitBreaker(
+            alias, threshold=int(breaker["THRESHOLD"]), cooldown=float(breaker["COOLDOWN"])
+        )
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._shas: dict[str, str] = {}
+        self._reply_skip: bool | None = None
+        #: Called with the raw client before any other call once :attr:`armed` is set
+        #: (work queued while Redis was down must reach it before a read can).
+        self.recovery_hooks: list[Callable[[Any], bool]] = []
+        self.armed = False
+        self._recover_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """Return the redis-py client of the django-redis cache ``alias``."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _django_redis_client(self.alias)
+        return self._client
+
+    @property
+    def is_cluster(self) -> bool:
+        """Return whether the client is a Redis Cluster client."""
+        return hasattr(self.client, "get_nodes")
+
+    def guard(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` behind the circuit breaker, mapping Redis errors."""
+        breaker = self.breaker
+        if breaker.state != "closed" and not breaker.allow():
+            raise CacheUnavailable(
+                f"Redis for cache {self.alias!r} is marked down (circuit breaker open); "
+                "retrying after the cooldown."
+            )
+        try:
+            if self.armed:
+                self._recover()
+            result = operation()
+        except _CONNECTION_ERRORS as e:
+            self.breaker.failure(e)
+            raise CacheUnavailable(f"Redis for cache {self.alias!r} is unreachable: {e}") from e
+        except redis_errors.RedisError as e:
+            # The server answered, so it is up: an error reply does not trip the breaker.
+            self.breaker.success()
+            raise CacheUnavailable(f"Redis for cache {self.alias!r} refused a command: {e}") from e
+        self.breaker.success()
+        return result
+
+    def _recover(self) -> None:
+        # Raises a Redis error (and so keeps everything queued) if Redis is still down.
+        with self._recover_lock:
+            self.armed = not all([hook(self.client) for hook in self.recovery_hooks])
+
+    # -- scripts --------------------------------------------------------------
+
+    def _sha(self, name: str) -> str:
+        sha = self._shas.get(name)
+        if sha is None:
+            sha = self._shas[name] = str(self.client.script_load(SCRIPTS[name]))
+        return sha
+
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self.client
+        try:
+            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+        except redis_errors.NoScriptError:
+            # The server restarted or SCRIPT FLUSH ran: load every script again.
+            self._shas.clear()
+            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+
+    def script(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        """Run the Lua script ``lua/<name>.lua`` and return its reply."""
+        return self.guard(lambda: self._evalsha(name, keys, args))
+
+    def script_no_reply(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Run a script whose reply is not needed, without waiting for it."""
+        self.send_no_reply([("EVAL", SCRIPTS[name], len(keys), *keys, *args)])
+
+    # -- plain commands --------------------------------------------------------
+
+    def execute(self, *command: Any) -> Any:
+        """Run one Redis command and return its reply."""
+        return self.guard(lambda: self.client.execute_command(*command))
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Return the values of ``keys`` (None where missing), one round trip per node."""
+        if not keys:
+            return []
+        client = self.client
+        if self.is_cluster:
+            return self.guard(lambda: list(client.mget_nonatomic(keys)))
+        return self.guard(lambda: list(client.mget(keys)))
+
+    def pipeline(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
+        """Run commands in one round trip (not as a transaction) and return the replies."""
+        batch = list(commands)
+        if not batch:
+            return []
+
+        def run() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for command in batch:
+                if command[0] == "SCRIPT":
+                    _, name, keys, args = command
+                    pipe.evalsha(self._sha(name), len(keys), *keys, *args)
+                else:
+                    pipe.execute_command(*command)
+            try:
+                return list(pipe.execute(raise_on_error=True))
+            except redis_errors.NoScriptError:
+                self._shas.clear()
+                return run()
+
+        return self.guard(run)
+
+    def send_no_reply(self, commands: Sequence[tuple[Any, ...]]) -> None:
+        """
+        Write ``commands`` to Redis without reading replies (``CLIENT REPLY SKIP``).
+
+        Only for commands whose outcome does not matter to the caller (fills,
+        statistics): a lost one costs a later cache miss, never correctness.
+        Falls back to an ordinary pipeline where the server or client cannot skip.
+        """
+        if not self.breaker.allow():
+            return
+        try:
+            if self._reply_skip is None:
+                self._reply_skip = self._probe_reply_skip()
+            if not self._reply_skip:
+                pipe = self.client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)
+                pipe.execute(raise_on_error=False)
+                self.breaker.success()
+                return
+            pool = self.client.connection_pool
+            connection = pool.get_connection()
+            try:
+                packed: list[tuple[Any, ...]] = []
+                for command in commands:
+                    packed.append(("CLIENT", "REPLY", "SKIP"))
+                    packed.append(command)
+                connection.send_packed_command(connection.pack_commands(packed))
+            except BaseException:
+                connection.disconnect()
+                raise
+            finally:
+                pool.release(connection)
+        except _CONNECTION_ERRORS as e:
+            self.breaker.failure(e)
+            logger.warning("Redis %s: could not send %d command(s): %s", self.alias, len(commands), e)
+        except redis_errors.RedisError as e:
+            logger.warning("Redis %s: could not send %d command(s): %s", self.alias, len(commands), e)
+
+    def _probe_reply_skip(self) -> bool:
+        """Return whether this server honours ``CLIENT REPLY SKIP`` on this client."""
+        if self.is_cluster:
+            return False
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_packed_command(
+                connection.pack_commands(
+                    [("CLIENT", "REPLY", "SKIP"), ("PING",), ("ECHO", "cachepatterns-probe")]
+                )
+            )
+            first = connection.read_response()
+            if first in (b"cachepatterns-probe", "cachepatterns-probe"):
+                return True
+            # Not honoured (renamed command, proxy): drain the remaining replies.
+            while first not in (b"cachepatterns-probe", "cachepatterns-probe"):
+                first = connection.read_response()
+            return False
+        except redis_errors.ResponseError:
+            connection.read_response()
+            connection.read_response()
+            return False
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
+
+
+def _django_redis_client(alias: str) -> Any:
+    from django.core.cache import caches
+
+    try:
+        backend = caches[alias]
+    except Exception as e:  # noqa: BLE001 - InvalidCacheBackendError and import errors
+        raise ConfigurationError(
+            f"CACHEPATTERNS['CACHE_ALIAS'] is {alias!r}, which is not a usable cache in "
+            f"CACHES ({e}). Add it, or point CACHE_ALIAS at your django-redis cache."
+        ) from e
+    client = getattr(backend, "client", None)
+    if client is None or not hasattr(client, "get_client"):
+        raise ConfigurationError(
+            f"Cache {alias!r} is not a django-redis cache; set its BACKEND to "
+            "'django_redis.cache.RedisCache'."
+        )
+    return client.get_client(write=True)
+
+
+_stores: dict[str, Store] = {}
+_stores_lock = threading.Lock()
+
+
+def get_store(alias: str | None = None) -> Store:
+    """Return the shared :class:`Store` for ``alias`` (default: ``CACHE_ALIAS``)."""
+    name = alias or get_settings().cache_alias
+    store = _stores.get(name)
+    if store is None:
+        with _stores_lock:
+            store = _stores.get(name)
+            if store is None:
+                store = _stores[name] = Store(name)
+    return store
+
+
+def reset() -> None:
+    """Forget every store (settings changed, or a test swapped servers)."""
+    with _stores_lock:
+        _stores.clear()

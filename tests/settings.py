@@ -1,0 +1,88 @@
+"""
+Settings for the test suite.
+
+The database comes from ``DATABASE_URL`` (default: a SQLite file, so the suite
+runs on a machine that has only Python); Redis from ``REDIS_URL`` (default: the
+local server if it answers, else the embedded one), using database 15, which
+the suite flushes before every test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+from demo_project.embedded import redis_url
+
+BASE_DIR = Path(__file__).resolve().parent
+SECRET_KEY = "tests-only-not-secret"  # noqa: S105
+DEBUG = False
+USE_TZ = True
+TIME_ZONE = "Europe/Paris"
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.admin",
+    "cachepatterns_app",
+    "tests.testapp",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+_db = dj_database_url.parse(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'test.sqlite3'}"))
+if _db["ENGINE"].endswith("sqlite3"):
+    # A file, not :memory:, so that threads in concurrency tests share the data.
+    _db["TEST"] = {"NAME": str(BASE_DIR / f"test-{os.getpid()}.sqlite3")}
+    _db["OPTIONS"] = {"timeout": 30, "transaction_mode": "IMMEDIATE"}
+elif _db["ENGINE"].endswith("mysql"):
+    _db["OPTIONS"] = {"charset": "utf8mb4"}
+    _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = redis_url(db=15)
+if REDIS_URL.startswith("unix://") and "db=" not in REDIS_URL:
+    REDIS_URL += "?db=15"
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "OPTIONS": {"SOCKET_TIMEOUT": 1.0, "SOCKET_CONNECT_TIMEOUT": 1.0},
+    }
+}
+
+CACHEPATTERNS = {"KEY_PREFIX": "cpt", "DEFAULT_TTL": 300}
+
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
+CELERY_TASK_ALWAYS_EAGER = False
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"cachepatterns_app": {"handlers": ["null"], "level": "DEBUG"}},
+}

@@ -1,0 +1,99 @@
+"""Models the test suite exercises: one per situation the app must handle."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
+
+
+class Author(models.Model):
+    name = models.CharField(max_length=100)
+    email = models.EmailField(unique=True)
+    slug = models.SlugField(unique=True, null=True)
+    bio = models.TextField(blank=True, default="")
+    joined = models.DateTimeField(auto_now_add=True)
+
+    objects = CacheAsideManager(ttl=300)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AuthorProxy(Author):
+    class Meta:
+        proxy = True
+
+
+class Tag(models.Model):
+    name = models.CharField(max_length=50, unique=True)
+
+    objects = InvalidatingManager()
+
+
+class Post(models.Model):
+    author = models.ForeignKey(Author, on_delete=models.CASCADE, related_name="posts")
+    editor = models.ForeignKey(Author, on_delete=models.SET_NULL, null=True, blank=True, related_name="edited")
+    title = models.CharField(max_length=200)
+    body = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    tags = models.ManyToManyField(Tag, blank=True, related_name="posts")
+
+    objects = InvalidatingManager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class Everything(models.Model):
+    """One of every concrete field type the serializer must round-trip."""
+
+    char = models.CharField(max_length=300, blank=True, default="")
+    text = models.TextField(blank=True, default="")
+    slug = models.SlugField(blank=True, default="")
+    email = models.EmailField(blank=True, default="")
+    url = models.URLField(blank=True, default="")
+    integer = models.IntegerField(null=True)
+    small = models.SmallIntegerField(null=True)
+    big = models.BigIntegerField(null=True)
+    positive = models.PositiveIntegerField(null=True)
+    floating = models.FloatField(null=True)
+    decimal = models.DecimalField(max_digits=20, decimal_places=6, null=True)
+    boolean = models.BooleanField(default=False)
+    maybe = models.BooleanField(null=True)
+    day = models.DateField(null=True)
+    moment = models.DateTimeField(null=True)
+    clock = models.TimeField(null=True)
+    duration = models.DurationField(null=True)
+    uuid = models.UUIDField(null=True)
+    blob = models.BinaryField(null=True)
+    data = models.JSONField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    author = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL)
+
+    objects = CacheAsideManager()
+
+
+class Document(models.Model):
+    """A UUID primary key."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    title = models.CharField(max_length=100)
+
+    objects = CacheAsideManager(ttl=60)
+
+
+class Profile(models.Model):
+    """Write-through, ordered by ``version``."""
+
+    handle = models.CharField(max_length=50, unique=True)
+    name = models.CharField(max_length=100)
+    score = models.IntegerField(default=0)
+    version = models.PositiveBigIntegerField(default=0)
+
+    objects = WriteThroughManager(ttl=300)
+
+    def __str__(self) -> str:
+        return self.handle
