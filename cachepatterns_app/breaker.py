@@ -78,8 +78,7 @@ class CircuitBreaker:
             if self.state == HALF_OPEN or self._failures >= self.threshold:
                 if self.state != OPEN:
                     logger.error(
-                        "Redis %s unreachable (%s); circuit breaker open for %.1fs, "
-                        "reads go to the database",
+                        "Redis %s unreachable (%s); circuit breaker open for %.1fs, reads go to the database",
                         self.name,
                         error,
                         self.cooldown,

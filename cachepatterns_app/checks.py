@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import CheckMessage, Error, Warning  # noqa: A004 - Django's names
+from django.core.checks import CheckMessage, Error, Warning
 
 from cachepatterns_app.conf import DEFAULTS, NESTED, get_settings, user_settings
 
@@ -94,7 +94,12 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
         try:
             import msgpack  # noqa: F401
         except ImportError:
-            bad("SERIALIZER", "is 'msgpack' but msgpack is not installed.", "pip install 'cachepatterns[msgpack]'.", "E006")
+            bad(
+                "SERIALIZER",
+                "is 'msgpack' but msgpack is not installed.",
+                "pip install 'cachepatterns[msgpack]'.",
+                "E006",
+            )
     for key in ("MAX_VALUE_BYTES", "LOCK_TIMEOUT"):
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
@@ -114,18 +119,38 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
     if not isinstance(breaker["THRESHOLD"], int) or breaker["THRESHOLD"] < 1:
         bad("CIRCUIT_BREAKER", "THRESHOLD must be an integer >= 1.", "For example {'THRESHOLD': 1}.", "E008")
     if not isinstance(breaker["COOLDOWN"], int | float) or breaker["COOLDOWN"] <= 0:
-        bad("CIRCUIT_BREAKER", "COOLDOWN must be a positive number of seconds.", "For example {'COOLDOWN': 5}.", "E008")
+        bad(
+            "CIRCUIT_BREAKER",
+            "COOLDOWN must be a positive number of seconds.",
+            "For example {'COOLDOWN': 5}.",
+            "E008",
+        )
     wb = values["WRITE_BEHIND"]
     if wb["ON_CACHE_FAILURE"] not in ("sync", "raise"):
-        bad("WRITE_BEHIND", f"ON_CACHE_FAILURE is {wb['ON_CACHE_FAILURE']!r}.", "Use 'sync' or 'raise'.", "E008")
+        bad(
+            "WRITE_BEHIND",
+            f"ON_CACHE_FAILURE is {wb['ON_CACHE_FAILURE']!r}.",
+            "Use 'sync' or 'raise'.",
+            "E008",
+        )
     for key in ("FLUSH_INTERVAL", "BATCH_SIZE", "MAX_RETRIES", "MAX_PENDING"):
         if isinstance(wb[key], bool) or not isinstance(wb[key], int | float) or wb[key] <= 0:
             bad("WRITE_BEHIND", f"{key} is {wb[key]!r}.", "Use a positive number.", "E008")
     ra = values["REFRESH_AHEAD"]
     if not isinstance(ra["FACTOR"], int | float) or not 0 < ra["FACTOR"] < 1:
-        bad("REFRESH_AHEAD", f"FACTOR is {ra['FACTOR']!r}.", "Use a fraction between 0 and 1, e.g. 0.2.", "E008")
+        bad(
+            "REFRESH_AHEAD",
+            f"FACTOR is {ra['FACTOR']!r}.",
+            "Use a fraction between 0 and 1, e.g. 0.2.",
+            "E008",
+        )
     if not isinstance(ra["XFETCH_BETA"], int | float) or ra["XFETCH_BETA"] < 0:
-        bad("REFRESH_AHEAD", f"XFETCH_BETA is {ra['XFETCH_BETA']!r}.", "Use 0 (off) or a positive number.", "E008")
+        bad(
+            "REFRESH_AHEAD",
+            f"XFETCH_BETA is {ra['XFETCH_BETA']!r}.",
+            "Use 0 (off) or a positive number.",
+            "E008",
+        )
     return out
 
 

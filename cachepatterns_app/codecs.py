@@ -149,7 +149,7 @@ class RowCodec:
         self._encoders = [(i, enc) for i, (enc, _) in enumerate(pairs) if enc is not _identity]
         self._decoders = [(i, dec) for i, (_, dec) in enumerate(pairs) if dec is not _identity]
         layout = "|".join(f"{f.attname}:{f.get_internal_type()}" for f in fields)
-        digest = hashlib.sha1(f"{CODEC_VERSION}|{self.label}|{layout}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{CODEC_VERSION}|{self.label}|{layout}".encode()).hexdigest()
         self.fingerprint = digest[:10]
         self._width = len(fields) + 1
 
@@ -180,11 +180,7 @@ class RowCodec:
 
     def decode(self, values: Sequence[Any], db: str) -> Model:
         """Return the instance encoded in ``values``, as if loaded from database ``db``."""
-        if (
-            not isinstance(values, list)
-            or len(values) != self._width
-            or values[0] != self.fingerprint
-        ):
+        if not isinstance(values, list) or len(values) != self._width or values[0] != self.fingerprint:
             raise SerializationError(
                 f"Cached payload does not match the current layout of {self.label}; "
                 "it was written by other code and is discarded."

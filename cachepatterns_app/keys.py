@@ -216,8 +216,7 @@ class KeyTemplate:
                     value = params[field]
                 except KeyError:
                     raise TypeError(
-                        f"Key template {self.template!r} needs parameter {field!r}, which "
-                        "was not given."
+                        f"Key template {self.template!r} needs parameter {field!r}, which was not given."
                     ) from None
                 out.append(normalise(key_text(value, field)))
         return "".join(out)

@@ -83,7 +83,7 @@ class MsgpackSerializer(Serializer):
     def loads(self, data: bytes) -> Any:
         try:
             return self._msgpack.unpackb(data, raw=False, strict_map_key=False)
-        except Exception as e:  # noqa: BLE001 - msgpack raises many unrelated types
+        except Exception as e:
             raise SerializationError(f"Payload is not valid msgpack: {e}") from e
 
 
@@ -123,7 +123,7 @@ class SignedPickleSerializer(Serializer):
             )
         try:
             return pickle.loads(body)  # noqa: S301 - signature verified above
-        except Exception as e:  # noqa: BLE001 - unpickling can raise anything
+        except Exception as e:
             raise SerializationError(f"Signed pickle payload failed to load: {e}") from e
 
 

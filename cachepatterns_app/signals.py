@@ -104,7 +104,9 @@ def _dependency_fields(model: type[Model]) -> set[str] | None:
 # -- per-instance signal handlers ---------------------------------------------------------
 
 
-def _pre_save(sender: type[Model], instance: Model, raw: bool, using: str, update_fields: Any, **kwargs: Any) -> None:
+def _pre_save(
+    sender: type[Model], instance: Model, raw: bool, using: str, update_fields: Any, **kwargs: Any
+) -> None:
     if raw:
         return
     cache = row_cache_for(sender)
@@ -127,12 +129,20 @@ def _names(model: type[Model], name: str) -> set[str]:
 
 
 def _post_save(
-    sender: type[Model], instance: Model, created: bool, raw: bool, using: str, update_fields: Any, **kwargs: Any
+    sender: type[Model],
+    instance: Model,
+    created: bool,
+    raw: bool,
+    using: str,
+    update_fields: Any,
+    **kwargs: Any,
 ) -> None:
     if raw:
         return
     old = instance.__dict__.pop(_OLD, [])
-    rows_changed(sender, using, [instance.pk], old=old, new=[instance], saved=instance, update_fields=update_fields)
+    rows_changed(
+        sender, using, [instance.pk], old=old, new=[instance], saved=instance, update_fields=update_fields
+    )
 
 
 def _post_delete(sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
@@ -151,7 +161,11 @@ def _set_null_handler(child: type[Model], field: models.ForeignKey[Any, Any]) ->
         pks = (
             [row.pk for row in children]
             if children
-            else list(models.QuerySet(child, using=using).filter(**{field.name: instance}).values_list("pk", flat=True))
+            else list(
+                models.QuerySet(child, using=using)
+                .filter(**{field.name: instance})
+                .values_list("pk", flat=True)
+            )
         )
         if not pks:
             return

@@ -112,7 +112,8 @@ class Store:
     def _recover(self) -> None:
         # Raises a Redis error (and so keeps everything queued) if Redis is still down.
         with self._recover_lock:
-            self.armed = not all([hook(self.client) for hook in self.recovery_hooks])
+            results = [hook(self.client) for hook in self.recovery_hooks]  # run every hook
+            self.armed = not all(results)
 
     # -- scripts --------------------------------------------------------------
 
@@ -250,7 +251,7 @@ def _django_redis_client(alias: str) -> Any:
 
     try:
         backend = caches[alias]
-    except Exception as e:  # noqa: BLE001 - InvalidCacheBackendError and import errors
+    except Exception as e:
         raise ConfigurationError(
             f"CACHEPATTERNS['CACHE_ALIAS'] is {alias!r}, which is not a usable cache in "
             f"CACHES ({e}). Add it, or point CACHE_ALIAS at your django-redis cache."

@@ -17,7 +17,7 @@ import dj_database_url
 from demo_project.embedded import redis_url
 
 BASE_DIR = Path(__file__).resolve().parent
-SECRET_KEY = "tests-only-not-secret"  # noqa: S105
+SECRET_KEY = "tests-only-not-secret"
 DEBUG = False
 USE_TZ = True
 TIME_ZONE = "Europe/Paris"

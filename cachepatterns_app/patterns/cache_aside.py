@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from functools import cached_property
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -191,7 +191,9 @@ class RowCache:
         fill_db = router.db_for_write(self.model)
         pk = self._query(fill_db).filter(**{field.attname: value}).values_list("pk", flat=True).get()
         if fill_allowed(fill_db):
-            pk_text = get_serializer("json").dumps(self.pk_field.value_to_string(_PkHolder(self.pk_field, pk)))
+            pk_text = get_serializer("json").dumps(
+                self.pk_field.value_to_string(_PkHolder(self.pk_field, pk))
+            )
             self._send_pointer(pointer, pk_text)
         instance = self.get(pk, read_db)
         if getattr(instance, field.attname) != value:
@@ -308,7 +310,9 @@ class RowCache:
 
     def _send_pointer(self, pointer: str, pk_payload: bytes) -> None:
         ttl = ttl_ms(self.ttl)
-        command: tuple[Any, ...] = ("SET", pointer, pk_payload, "PX", ttl) if ttl else ("SET", pointer, pk_payload)
+        command: tuple[Any, ...] = (
+            ("SET", pointer, pk_payload, "PX", ttl) if ttl else ("SET", pointer, pk_payload)
+        )
         self._store().send_no_reply([command])
 
     def on_hit(self, keys: RowKeys, pk: Any, pttl: int) -> None:

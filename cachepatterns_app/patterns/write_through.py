@@ -53,7 +53,9 @@ class WriteThroughRowCache(RowCache):
 
     pattern = "write_through"
 
-    def __init__(self, model: type[Model], *, ttl: int | None = UNSET, version_field: str = "version") -> None:
+    def __init__(
+        self, model: type[Model], *, ttl: int | None = UNSET, version_field: str = "version"
+    ) -> None:
         super().__init__(model, ttl=ttl)
         self.version_name = version_field
 
@@ -61,7 +63,7 @@ class WriteThroughRowCache(RowCache):
     def version(self) -> Field[Any, Any]:
         try:
             field = self.model._meta.get_field(self.version_name)
-        except Exception as e:  # noqa: BLE001 - FieldDoesNotExist, surfaced as configuration
+        except Exception as e:
             raise ConfigurationError(
                 f"{self.label} uses WriteThroughManager(version_field={self.version_name!r}) "
                 f"but has no such field. Add `{self.version_name} = "
@@ -88,7 +90,12 @@ class WriteThroughRowCache(RowCache):
     def put_command(self, keys: RowKeys, version: int, payload: bytes, token: str = "") -> Command:
         """Return the check-and-set that stores ``payload`` unless a newer version is cached."""
         ttl = ttl_ms(self.ttl)
-        return ("SCRIPT", "put_versioned", (keys.value, keys.lease, keys.version), (version, payload, ttl, self._ver_ttl(ttl), token))
+        return (
+            "SCRIPT",
+            "put_versioned",
+            (keys.value, keys.lease, keys.version),
+            (version, payload, ttl, self._ver_ttl(ttl), token),
+        )
 
     def fill_command(self, keys: RowKeys, token: str, instance: Model, payload: bytes) -> tuple[Any, ...]:
         ttl = ttl_ms(self.ttl)
@@ -111,7 +118,12 @@ class WriteThroughRowCache(RowCache):
         out: list[tuple[Command, str]] = []
         for pk in pks:
             keys = self.keys(pk)
-            out.append((("SCRIPT", "tombstone", (keys.value, keys.lease, keys.version), (self._tombstone_ms(),)), self.label))
+            out.append(
+                (
+                    ("SCRIPT", "tombstone", (keys.value, keys.lease, keys.version), (self._tombstone_ms(),)),
+                    self.label,
+                )
+            )
         return out
 
     # -- save() --------------------------------------------------------------------
@@ -134,7 +146,9 @@ class WriteThroughRowCache(RowCache):
             setattr(instance, field.attname, increment)
             instance.__dict__[_STATE] = None
 
-    def saved(self, instance: Model, using: str, update_fields: Any = None) -> tuple[list[tuple[Command, str]], Any]:
+    def saved(
+        self, instance: Model, using: str, update_fields: Any = None
+    ) -> tuple[list[tuple[Command, str]], Any]:
         capture = instance.__dict__.pop(_STATE, None)
         connection = connections[using]
         if capture is not None and capture in connection.execute_wrappers:
@@ -143,14 +157,20 @@ class WriteThroughRowCache(RowCache):
         pk = instance.pk
         version = getattr(instance, field.attname)
         query = models.QuerySet(self.model, using=using).filter(pk=pk)
-        if update_fields is not None and field.attname not in update_fields and field.name not in update_fields:
+        if (
+            update_fields is not None
+            and field.attname not in update_fields
+            and field.name not in update_fields
+        ):
             # save(update_fields=...) without the version: order this write anyway.
             query.update(**{field.attname: F(field.attname) + 1})
             version = None
         elif capture is not None and capture.version is not None:
             version = capture.version
         elif hasattr(version, "resolve_expression"):
-            version = query.values_list(field.attname, flat=True).get() if connection.in_atomic_block else None
+            version = (
+                query.values_list(field.attname, flat=True).get() if connection.in_atomic_block else None
+            )
         if version is not None:
             setattr(instance, field.attname, version)
         full_save = update_fields is None and not self.codec.deferred(instance)
@@ -170,7 +190,9 @@ class WriteThroughRowCache(RowCache):
             payload = self.encode(row)
             if payload is not None:
                 keys = self.keys(row.pk)
-                puts.append((keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload)))
+                puts.append(
+                    (keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload))
+                )
         self._put(puts)
 
     def _put(self, puts: list[tuple[RowKeys, Command]]) -> None:
@@ -220,7 +242,12 @@ class _VersionCapture:
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         result = execute(sql, params, many, context)
-        if self.version is None and sql.startswith("UPDATE") and self.table in sql and "LAST_INSERT_ID" in sql:
+        if (
+            self.version is None
+            and sql.startswith("UPDATE")
+            and self.table in sql
+            and "LAST_INSERT_ID" in sql
+        ):
             cursor = context["cursor"]
             if cursor.rowcount:
                 self.version = int(cursor.lastrowid)
@@ -235,7 +262,9 @@ def _canonical(instance: Model, model: type[Model]) -> Model:
         if value is None:
             continue
         if isinstance(field, models.DecimalField) and isinstance(value, decimal.Decimal | int | float | str):
-            changed[field.attname] = decimal.Decimal(str(value)).quantize(decimal.Decimal(1).scaleb(-field.decimal_places))
+            changed[field.attname] = decimal.Decimal(str(value)).quantize(
+                decimal.Decimal(1).scaleb(-field.decimal_places)
+            )
         elif (
             isinstance(field, models.DateTimeField)
             and isinstance(value, datetime.datetime)

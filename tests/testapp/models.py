@@ -35,7 +35,9 @@ class Tag(models.Model):
 
 class Post(models.Model):
     author = models.ForeignKey(Author, on_delete=models.CASCADE, related_name="posts")
-    editor = models.ForeignKey(Author, on_delete=models.SET_NULL, null=True, blank=True, related_name="edited")
+    editor = models.ForeignKey(
+        Author, on_delete=models.SET_NULL, null=True, blank=True, related_name="edited"
+    )
     title = models.CharField(max_length=200)
     body = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
