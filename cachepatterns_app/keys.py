@@ -10,7 +10,7 @@ Layout (``cp`` is ``KEY_PREFIX``)::
     cp:{f:user:1:posts}:gen        a family's generation
     cp:{f:user:1:posts}:v:<gen>:<member>   a family member's value
     cp:{f:user:1:posts}:l:<gen>:<member>   its fill lease
-    cp:{k:<key>}  cp:{k:<key>}:l   a decorated function's key without a family
+    cp:{k:<key>}  cp:{k:<key>}:l  cp:{k:<key>}:v   a decorated key outside families
 
 The part in braces is a Redis Cluster hash tag: everything that one Lua script
 or one transaction touches lives in one slot, so the app runs unchanged on a
@@ -43,6 +43,7 @@ from cachepatterns_app.conf import get_settings
 
 __all__ = [
     "FamilyKeys",
+    "PlainKeys",
     "KeyTemplate",
     "RowKeys",
     "key_text",
@@ -50,6 +51,7 @@ __all__ = [
     "normalise",
     "plain_keys",
     "row_keys",
+    "family_keys",
     "unique_key",
 ]
 
@@ -140,12 +142,13 @@ class PlainKeys:
 
     value: str
     lease: str
+    version: str
 
 
 def plain_keys(key: str) -> PlainKeys:
     """Return the keys for a formatted decorator key outside any family."""
     base = _tagged(f"k:{key}")
-    return PlainKeys(base, base + ":l")
+    return PlainKeys(base, base + ":l", base + ":v")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from typing import Any
 
 from django.apps import apps
 from django.db import connections, models
-from django.db.models import Model, signals
+from django.db.models import ManyToManyRel, Model, signals
 
 from cachepatterns_app.invalidation import Command, after_commit
 from cachepatterns_app.registry import dependencies_of, row_cache_for, watched_models
@@ -44,11 +44,17 @@ def rows_changed(
     deleted: bool = False,
     saved: Model | None = None,
     update_fields: Any = None,
+    rows: bool = True,
 ) -> None:
-    """Schedule everything that rows ``pks`` of ``model`` changing invalidates."""
+    """
+    Schedule everything that rows ``pks`` of ``model`` changing invalidates.
+
+    ``rows=False`` leaves the rows' own keys alone (a many-to-many change alters
+    what depends on a row, not the row).
+    """
     commands: list[tuple[Command, str]] = []
     callback: Callable[[], None] | None = None
-    for klass in [model, *model._meta.get_parent_list()]:
+    for klass in [model, *model._meta.get_parent_list()] if rows else []:
         cache = row_cache_for(klass)
         if cache is None:
             continue
@@ -63,9 +69,9 @@ def rows_changed(
                 callback = cache.bulk_written(pks, using)
     dependencies = dependencies_of(model)
     if dependencies:
-        rows = [*old, *new]
+        changed = [*old, *new]
         for dependency in dependencies:
-            for row in rows:
+            for row in changed:
                 for params in dependency.params(row):
                     commands.append(dependency.family.bump(params))
     if commands or callback:
@@ -179,6 +185,49 @@ def _set_null_handler(child: type[Model], field: models.ForeignKey[Any, Any]) ->
     return handler
 
 
+def _m2m_changed(
+    sender: type[Model],
+    instance: Model,
+    action: str,
+    model: type[Model],
+    pk_set: set[Any] | None,
+    using: str,
+    **kwargs: Any,
+) -> None:
+    """A many-to-many link changed: both ends' dependants may have changed."""
+    if action == "pre_clear":
+        # clear() does not say which rows it unlinks: look before they are gone.
+        manager_rows = _linked_pks(sender, instance, model, using)
+        instance.__dict__[f"{_OLD}_m2m_{sender._meta.label}"] = manager_rows
+        return
+    if action not in ("post_add", "post_remove", "post_clear"):
+        return
+    if action == "post_clear":
+        pk_set = instance.__dict__.pop(f"{_OLD}_m2m_{sender._meta.label}", set())
+    if dependencies_of(type(instance)):
+        rows_changed(type(instance), using, [instance.pk], new=[instance], rows=False)
+    if pk_set and dependencies_of(model):
+        others = list(models.QuerySet(model, using=using).filter(pk__in=list(pk_set)))
+        rows_changed(model, using, [o.pk for o in others], new=others, rows=False)
+
+
+def _linked_pks(through: type[Model], instance: Model, model: type[Model], using: str) -> set[Any]:
+    source = target = None
+    for field in through._meta.concrete_fields:
+        if isinstance(field, models.ForeignKey):
+            if field.related_model is type(instance) or isinstance(instance, field.related_model):
+                source = source or field
+            if field.related_model is model and field is not source:
+                target = field
+    if source is None or target is None:
+        return set()
+    return set(
+        models.QuerySet(through, using=using)
+        .filter(**{source.attname: instance.pk})
+        .values_list(target.attname, flat=True)
+    )
+
+
 # -- wiring ------------------------------------------------------------------------------------
 
 
@@ -202,6 +251,17 @@ def connect_model(model: type[Model]) -> None:
         signals.post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
     if not apps.ready:
         return
+    for relation in [*model._meta.many_to_many, *model._meta.related_objects]:
+        if relation.many_to_many:
+            rel = relation if isinstance(relation, ManyToManyRel) else relation.remote_field
+            through = getattr(rel, "through", None)
+            if isinstance(through, type):
+                signals.m2m_changed.connect(
+                    _m2m_changed,
+                    sender=through,
+                    weak=False,
+                    dispatch_uid=f"cachepatterns:m2m:{through._meta.label}",
+                )
     for field in model._meta.concrete_fields:
         if not isinstance(field, models.ForeignKey) or field.remote_field.on_delete in (
             models.CASCADE,

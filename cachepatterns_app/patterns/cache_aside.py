@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -32,7 +32,7 @@ from cachepatterns_app.keys import RowKeys, model_label, row_keys, unique_key
 from cachepatterns_app.serializers import get_serializer
 from cachepatterns_app.store import Store, get_store, new_token
 
-__all__ = ["UNSET", "RowCache", "fill_allowed", "ttl_ms"]
+__all__ = ["UNSET", "RowCache", "await_turn", "fill_allowed", "lease_lifetime_ms", "ttl_ms"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,36 @@ def ttl_ms(ttl: int | float | None) -> int:
     jitter = float(get_settings().TTL_JITTER)
     spread = 1.0 + random.uniform(-jitter, jitter) if jitter else 1.0
     return max(1, int(ttl * 1000 * spread))
+
+
+def lease_lifetime_ms() -> int:
+    """Return how long a fill lease lives: ``LOCK_TIMEOUT`` in milliseconds."""
+    return int(float(get_settings().LOCK_TIMEOUT) * 1000)
+
+
+def await_turn(read: Callable[[], Any], label: str) -> Any:
+    """
+    Call ``read`` (a read-or-lease Lua call) until it returns a hit or grants the
+    lease, waiting with backoff while another caller holds the lease.
+
+    Return the reply, or None once ``LOCK_TIMEOUT`` has passed without either: a
+    holder that died loses its lease at that point, but a caller that has waited
+    that long answers from the database instead of waiting more.
+    """
+    deadline = 0.0
+    pause = 0.002
+    while True:
+        reply = read()
+        if reply[0] != BUSY:
+            return reply
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + float(get_settings().LOCK_TIMEOUT)
+            stats.record("wait", label)
+        elif now >= deadline:
+            return None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 # Isolation levels under which every statement sees the latest committed rows.
@@ -131,38 +161,29 @@ class RowCache:
         except ValidationError:
             return self._query(read_db).get(pk=pk)  # let the ORM raise its usual error
         keys = self.keys(pk)
-        store = self._store()
         token = new_token()
-        settings = get_settings()
-        lease_ms = int(settings.LOCK_TIMEOUT * 1000)
-        deadline = 0.0
-        pause = 0.002
+        lease_ms = lease_lifetime_ms()
+        store = self._store()
         while True:
             try:
-                reply = store.script("read", (keys.value, keys.lease), (token, lease_ms))
+                reply = await_turn(
+                    lambda: store.script("read", (keys.value, keys.lease), (token, lease_ms)), self.label
+                )
             except CacheUnavailable as e:
                 return self._degraded(e, read_db, pk)
-            state = reply[0]
-            if state == HIT:
-                try:
-                    instance = self.decode(reply[1], read_db)
-                except SerializationError as e:
-                    self._discard(keys.value, e)
-                    continue
-                stats.record("hit", self.label)
-                self.on_hit(keys, pk, reply[2])
-                return instance
-            if state == LEASED:
-                return self._load_and_fill(keys, token, pk, read_db)
-            now = time.monotonic()
-            if not deadline:
-                deadline = now + float(settings.LOCK_TIMEOUT)
-                stats.record("wait", self.label)
-            elif now >= deadline:
+            if reply is None:
                 stats.record("bypass", self.label)
                 return self._query(read_db).get(pk=pk)
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            if reply[0] == LEASED:
+                return self._load_and_fill(keys, token, pk, read_db)
+            try:
+                instance = self.decode(reply[1], read_db)
+            except SerializationError as e:
+                self._discard(keys.value, e)
+                continue
+            stats.record("hit", self.label)
+            self.on_hit(keys, pk, reply[2])
+            return instance
 
     def get_by_unique(self, field_name: str, value: Any, read_db: str) -> Model:
         """Return the row whose unique field ``field_name`` equals ``value``."""
@@ -237,7 +258,7 @@ class RowCache:
     def _load_many(self, missing: Sequence[Any], keys: dict[Any, RowKeys], read_db: str) -> dict[Any, Model]:
         store = self._store()
         token = new_token()
-        lease_ms = int(get_settings().LOCK_TIMEOUT * 1000)
+        lease_ms = lease_lifetime_ms()
         fill_db = router.db_for_write(self.model)
         leased: set[Any] = set()
         if fill_allowed(fill_db):
