@@ -340,7 +340,7 @@ def _dependency(
                 raise ConfigurationError(f"{where}: {target.label!r} has no parameter {param!r}.")
             try:
                 field = model._meta.get_field(attribute)
-            except Exception as e:  # noqa: BLE001 - FieldDoesNotExist
+            except Exception as e:
                 raise ConfigurationError(f"{where}: {model.__name__} has no field {attribute!r}.") from e
             attrs[param] = getattr(field, "attname", attribute)
         missing = set(target.fields) - set(attrs)

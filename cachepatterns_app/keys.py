@@ -43,15 +43,15 @@ from cachepatterns_app.conf import get_settings
 
 __all__ = [
     "FamilyKeys",
-    "PlainKeys",
     "KeyTemplate",
+    "PlainKeys",
     "RowKeys",
+    "family_keys",
     "key_text",
     "model_label",
     "normalise",
     "plain_keys",
     "row_keys",
-    "family_keys",
     "unique_key",
 ]
 
