@@ -117,7 +117,7 @@ def _pre_save(
         return
     cache = row_cache_for(sender)
     if cache is not None:
-        cache.before_save(instance, using)
+        cache.before_save(instance, using, update_fields)
     if not dependencies_of(sender) or (instance._state.adding and instance.pk is None):
         return
     fields = _dependency_fields(sender)

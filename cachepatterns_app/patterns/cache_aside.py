@@ -401,7 +401,7 @@ class RowCache:
         """Return the commands for rows ``pks`` that were deleted."""
         return self.invalidation(pks)
 
-    def before_save(self, instance: Model, using: str) -> None:
+    def before_save(self, instance: Model, using: str, update_fields: Any = None) -> None:
         """Hook run on ``pre_save`` (write-through bumps the version here)."""
 
     def saved(

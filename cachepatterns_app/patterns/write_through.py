@@ -128,49 +128,53 @@ class WriteThroughRowCache(RowCache):
 
     # -- save() --------------------------------------------------------------------
 
-    def before_save(self, instance: Model, using: str) -> None:
+    def before_save(self, instance: Model, using: str, update_fields: Any = None) -> None:
         field = self.version
         if instance._state.adding:
             if getattr(instance, field.attname) is None:
                 setattr(instance, field.attname, 0)
-            instance.__dict__[_STATE] = None
+            instance.__dict__[_STATE] = _SaveState("insert")
+            return
+        if update_fields is not None and not {field.name, field.attname} & set(update_fields):
+            # save(update_fields=...) will not write the version: bump it separately.
+            instance.__dict__[_STATE] = _SaveState("bump")
             return
         connection = connections[using]
         increment = F(field.attname) + 1
+        state = _SaveState("increment")
         if connection.vendor == "mysql":
-            capture = _VersionCapture(self.model._meta.db_table)
-            connection.execute_wrappers.append(capture)
+            # A save that raised never reached post_save: drop its wrapper first.
+            connection.execute_wrappers[:] = [
+                w for w in connection.execute_wrappers if not isinstance(w, _VersionCapture)
+            ]
+            state.capture = _VersionCapture(self.model._meta.db_table)
+            connection.execute_wrappers.append(state.capture)
             setattr(instance, field.attname, _LastInsertId(increment))
-            instance.__dict__[_STATE] = capture
         else:
             setattr(instance, field.attname, increment)
-            instance.__dict__[_STATE] = None
+        instance.__dict__[_STATE] = state
 
     def saved(
         self, instance: Model, using: str, update_fields: Any = None
     ) -> tuple[list[tuple[Command, str]], Any]:
-        capture = instance.__dict__.pop(_STATE, None)
+        state: _SaveState = instance.__dict__.pop(_STATE, None) or _SaveState("increment")
         connection = connections[using]
-        if capture is not None and capture in connection.execute_wrappers:
-            connection.execute_wrappers.remove(capture)
+        if state.capture is not None and state.capture in connection.execute_wrappers:
+            connection.execute_wrappers.remove(state.capture)
         field = self.version
         pk = instance.pk
-        version = getattr(instance, field.attname)
         query = models.QuerySet(self.model, using=using).filter(pk=pk)
-        if (
-            update_fields is not None
-            and field.attname not in update_fields
-            and field.name not in update_fields
-        ):
-            # save(update_fields=...) without the version: order this write anyway.
+        version: Any = getattr(instance, field.attname)
+        if state.mode == "bump":
             query.update(**{field.attname: F(field.attname) + 1})
             version = None
-        elif capture is not None and capture.version is not None:
-            version = capture.version
+        elif state.capture is not None and state.capture.version is not None:
+            version = state.capture.version
         elif hasattr(version, "resolve_expression"):
-            version = (
-                query.values_list(field.attname, flat=True).get() if connection.in_atomic_block else None
-            )
+            version = None
+        if version is None and connection.in_atomic_block:
+            # The row is locked by this transaction until commit: its version is ours.
+            version = query.values_list(field.attname, flat=True).get()
         if version is not None:
             setattr(instance, field.attname, version)
         full_save = update_fields is None and not self.codec.deferred(instance)
@@ -180,13 +184,16 @@ class WriteThroughRowCache(RowCache):
                 keys = self.keys(pk)
                 command = self.put_command(keys, int(version), payload)
                 return [], lambda: self._put([(keys, command)])
-        return [], lambda: self._reread_and_put([pk], using)
+        return [], lambda: self._reread_and_put([pk], using, instance if version is None else None)
 
-    def _reread_and_put(self, pks: Sequence[Any], using: str) -> None:
+    def _reread_and_put(self, pks: Sequence[Any], using: str, instance: Model | None = None) -> None:
         """After commit: read the rows (each with its version) and put them."""
         rows = models.QuerySet(self.model, using=using).filter(pk__in=list(pks))
         puts = []
         for row in rows:
+            if instance is not None and row.pk == instance.pk:
+                # Tell the saved instance which version it now has (it held an expression).
+                setattr(instance, self.version.attname, getattr(row, self.version.attname))
             payload = self.encode(row)
             if payload is not None:
                 keys = self.keys(row.pk)
@@ -231,6 +238,14 @@ class WriteThroughRowCache(RowCache):
         )
         for obj in objs:
             setattr(obj, field.attname, versions.get(obj.pk))
+
+
+class _SaveState:
+    """What ``before_save`` arranged, for ``saved`` to finish."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.capture: _VersionCapture | None = None
 
 
 class _VersionCapture:
