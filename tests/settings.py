@@ -60,6 +60,9 @@ if _db["ENGINE"].endswith("sqlite3"):
 elif _db["ENGINE"].endswith("mysql"):
     _db["OPTIONS"] = {"charset": "utf8mb4"}
     _db["TEST"] = {"CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"}
+if os.environ.get("CP_WORKER_DB_NAME"):
+    # A Celery worker started by the suite must use the suite's test database.
+    _db["NAME"] = os.environ["CP_WORKER_DB_NAME"]
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -77,8 +80,12 @@ CACHES = {
 
 CACHEPATTERNS = {"KEY_PREFIX": "cpt", "DEFAULT_TTL": 300}
 
+# The broker shares the test Redis database: the suite only ever deletes keys under
+# KEY_PREFIX, never the whole database, so queues survive between tests.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
-CELERY_TASK_ALWAYS_EAGER = False
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CP_CELERY_QUEUE", "cachepatterns-tests")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 LOGGING = {
     "version": 1,
