@@ -149,8 +149,8 @@ class RowCache:
         return get_store()
 
     def keys(self, pk: Any) -> RowKeys:
-        """Return the keys of row ``pk``."""
-        return row_keys(self.label, pk)
+        """Return the keys of row ``pk`` (``"7"`` and ``7`` name the same row)."""
+        return row_keys(self.label, self.pk_field.to_python(pk))
 
     # -- reads -----------------------------------------------------------------------
 

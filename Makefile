@@ -1,0 +1,38 @@
+# The two Quickstart commands are `make demo` and `make test`; each sets up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean stop-embedded
+
+$(STAMP): pyproject.toml requirements.txt requirements-mysql.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@# mysqlclient compiles against libmariadb: only where the headers exist.
+	@if pkg-config --exists mysqlclient 2>/dev/null || pkg-config --exists libmariadb 2>/dev/null; then \
+		$(PY) -m pip install --quiet -r requirements-mysql.txt; \
+	else echo "(MySQL client headers not found: skipping mysqlclient; SQLite only)"; fi
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) manage.py cachepatterns_demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy cachepatterns_app
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+stop-embedded:
+	-$(PY) -m demo_project.embedded stop
+
+clean: stop-embedded
+	rm -rf $(VENV) .embedded-redis demo.sqlite3 tests/test-*.sqlite3
