@@ -21,7 +21,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from django.db import models
 from django.db.models import Field, Model
@@ -74,7 +74,7 @@ def _converters(field: Field[Any, Any]) -> tuple[Convert, Convert]:
     if isinstance(field, models.ForeignKey):
         return _converters(field.target_field)
     if isinstance(field, models.GeneratedField):
-        return _converters(field.output_field)
+        return _converters(cast("Field[Any, Any]", field.output_field))
     if isinstance(field, models.JSONField):
         encoder, decoder = field.encoder, field.decoder
         # Kept as the JSON text the column holds, decoded with the field's own decoder,
@@ -120,7 +120,7 @@ def _fallback(field: Field[Any, Any]) -> tuple[Convert, Convert]:
     def encode(value: Any) -> Any:
         if isinstance(value, plain):
             return value
-        return ["~t", field.value_to_string(_Holder(field, value))]
+        return ["~t", field.value_to_string(cast(Any, _Holder(field, value)))]
 
     def decode(value: Any) -> Any:
         if isinstance(value, list) and len(value) == 2 and value[0] == "~t":

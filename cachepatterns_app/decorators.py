@@ -334,7 +334,7 @@ def _dependency(
             )
         spec = {target.fields[0]: spec}
     if isinstance(spec, Mapping):
-        attrs = {}
+        attrs: dict[str, str] = {}
         for param, attribute in spec.items():
             if param not in target.fields:
                 raise ConfigurationError(f"{where}: {target.label!r} has no parameter {param!r}.")
@@ -342,7 +342,7 @@ def _dependency(
                 field = model._meta.get_field(attribute)
             except Exception as e:
                 raise ConfigurationError(f"{where}: {model.__name__} has no field {attribute!r}.") from e
-            attrs[param] = getattr(field, "attname", attribute)
+            attrs[param] = str(getattr(field, "attname", None) or attribute)
         missing = set(target.fields) - set(attrs)
         if missing:
             raise ConfigurationError(f"{where}: no attribute given for {', '.join(sorted(missing))}.")

@@ -54,7 +54,8 @@ class InvalidatingQuerySet(models.QuerySet[M]):
     """A queryset whose bulk writes invalidate what depends on the rows they touch."""
 
     def _write_db(self) -> str:
-        return self._db or router.db_for_write(self.model, **self._hints)
+        own: Any = self  # _db and _hints are private QuerySet attributes the stubs omit
+        return own._db or router.db_for_write(self.model, **own._hints)
 
     def update(self, **kwargs: Any) -> int:
         """Update the matching rows, then invalidate exactly those rows after commit."""
@@ -76,7 +77,7 @@ class InvalidatingQuerySet(models.QuerySet[M]):
                 locked = self.select_for_update() if connections[db].features.has_select_for_update else self
                 pks = list(locked.values_list("pk", flat=True))
             count = 0
-            base = models.QuerySet(self.model, using=db)
+            base: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=db)
             for chunk in _chunks(pks, max(1, min(batch, 2000))):
                 count += base.filter(pk__in=chunk).update(**kwargs)
             new = old_rows(base.filter(pk__in=pks)) if old and _touched(self.model, kwargs) else old
@@ -95,7 +96,7 @@ class InvalidatingQuerySet(models.QuerySet[M]):
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]
 
-    def bulk_update(self, objs: Iterable[M], fields: Sequence[str], batch_size: int | None = None) -> int:
+    def bulk_update(self, objs: Iterable[M], fields: Iterable[str], batch_size: int | None = None) -> int:
         """Update ``fields`` of ``objs``, then invalidate those rows after commit."""
         objs = list(objs)
         if not _watched(self.model) or not objs:
@@ -133,6 +134,7 @@ class CachedQuerySet(InvalidatingQuerySet[M]):
 
     def _pristine(self) -> bool:
         query = self.query
+        own: Any = self
         return (
             not query.where
             and query.default_cols
@@ -145,15 +147,15 @@ class CachedQuerySet(InvalidatingQuerySet[M]):
             and not query.combinator
             and query.low_mark == 0
             and query.high_mark is None
-            and not self._prefetch_related_lookups
-            and self._fields is None
-            and self._iterable_class is ModelIterable
+            and not own._prefetch_related_lookups
+            and own._fields is None
+            and own._iterable_class is ModelIterable
         )
 
     def get(self, *args: Any, **kwargs: Any) -> M:
         """Return one row; by pk or unique field from the cache, else from the database."""
         if not args and len(kwargs) == 1 and self._pristine():
-            result = cached_get(self.model, self._db, kwargs)
+            result = cached_get(self.model, _db(self), kwargs)
             if result is not _PASS:
                 return result  # type: ignore[no-any-return]
         return super().get(*args, **kwargs)
@@ -162,9 +164,13 @@ class CachedQuerySet(InvalidatingQuerySet[M]):
         """Return ``{pk: instance}`` for the existing rows among ``pks``."""
         cache = row_cache_for(self.model)
         pks = list(pks)
-        if cache is None or not self._pristine() or not _default_db(self.model, self._db):
+        if cache is None or not self._pristine() or not _default_db(self.model, _db(self)):
             return self.in_bulk(pks)
-        return cache.get_many(pks, self._db or router.db_for_read(self.model))  # type: ignore[return-value]
+        return cache.get_many(pks, _db(self) or router.db_for_read(self.model))  # type: ignore[return-value]
+
+
+def _db(queryset: Any) -> str | None:
+    return queryset._db  # type: ignore[no-any-return]
 
 
 def _default_db(model: type[Model], db: str | None) -> bool:

@@ -104,7 +104,7 @@ def _decode_instance(item: list[Any], models: list[type[Model]], db: str) -> Mod
     for name, target in related.items():
         field = model._meta.get_field(name)
         value = None if target is None else _decode_instance(target, models, db)
-        field.set_cached_value(obj, value)  # type: ignore[union-attr]
+        field.set_cached_value(obj, value)
     return obj
 
 

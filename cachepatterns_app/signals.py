@@ -207,7 +207,7 @@ def _m2m_changed(
     if dependencies_of(type(instance)):
         rows_changed(type(instance), using, [instance.pk], new=[instance], rows=False)
     if pk_set and dependencies_of(model):
-        others = list(models.QuerySet(model, using=using).filter(pk__in=list(pk_set)))
+        others: list[Model] = list(models.QuerySet(model, using=using).filter(pk__in=list(pk_set)))
         rows_changed(model, using, [o.pk for o in others], new=others, rows=False)
 
 
@@ -251,11 +251,12 @@ def connect_model(model: type[Model]) -> None:
         signals.post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
     if not apps.ready:
         return
-    for relation in [*model._meta.many_to_many, *model._meta.related_objects]:
+    relations: list[Any] = [*model._meta.many_to_many, *model._meta.related_objects]
+    for relation in relations:
         if relation.many_to_many:
             rel = relation if isinstance(relation, ManyToManyRel) else relation.remote_field
             through = getattr(rel, "through", None)
-            if isinstance(through, type):
+            if isinstance(through, type) and issubclass(through, Model):
                 signals.m2m_changed.connect(
                     _m2m_changed,
                     sender=through,

@@ -17,9 +17,9 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.db import connections, models, router
 from django.db.models import Field, Model
 
@@ -127,7 +127,7 @@ class RowCache:
 
     @cached_property
     def pk_field(self) -> Field[Any, Any]:
-        return self.model._meta.pk  # type: ignore[return-value]
+        return self.model._meta.pk
 
     @cached_property
     def unique_fields(self) -> dict[str, Field[Any, Any]]:
@@ -204,7 +204,7 @@ class RowCache:
             try:
                 pk = self.pk_field.to_python(get_serializer("json").loads(raw))
                 instance = self.get(pk, read_db)
-            except (SerializationError, ValidationError, self.model.DoesNotExist):
+            except (SerializationError, ValidationError, ObjectDoesNotExist):
                 instance = None
             if instance is not None and getattr(instance, field.attname) == value:
                 return instance
@@ -213,7 +213,7 @@ class RowCache:
         pk = self._query(fill_db).filter(**{field.attname: value}).values_list("pk", flat=True).get()
         if fill_allowed(fill_db):
             pk_text = get_serializer("json").dumps(
-                self.pk_field.value_to_string(_PkHolder(self.pk_field, pk))
+                self.pk_field.value_to_string(cast(Any, _PkHolder(self.pk_field, pk)))
             )
             self._send_pointer(pointer, pk_text)
         instance = self.get(pk, read_db)
@@ -383,7 +383,7 @@ class RowCache:
         self._raise_unless_degrading(error)
         return self._query(read_db).get(pk=pk)
 
-    def _query(self, using: str) -> models.QuerySet[Any]:
+    def _query(self, using: str) -> models.QuerySet[Model, Model]:
         # A plain QuerySet: never the model's (possibly cached, possibly filtered) manager.
         return models.QuerySet(self.model, using=using)
 

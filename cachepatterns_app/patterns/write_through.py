@@ -163,7 +163,7 @@ class WriteThroughRowCache(RowCache):
             connection.execute_wrappers.remove(state.capture)
         field = self.version
         pk = instance.pk
-        query = models.QuerySet(self.model, using=using).filter(pk=pk)
+        query: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk=pk)
         version: Any = getattr(instance, field.attname)
         if state.mode == "bump":
             query.update(**{field.attname: F(field.attname) + 1})
@@ -188,7 +188,7 @@ class WriteThroughRowCache(RowCache):
 
     def _reread_and_put(self, pks: Sequence[Any], using: str, instance: Model | None = None) -> None:
         """After commit: read the rows (each with its version) and put them."""
-        rows = models.QuerySet(self.model, using=using).filter(pk__in=list(pks))
+        rows: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk__in=list(pks))
         puts = []
         for row in rows:
             if instance is not None and row.pk == instance.pk:
