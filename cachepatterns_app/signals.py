@@ -114,6 +114,8 @@ def _pre_save(
     sender: type[Model], instance: Model, raw: bool, using: str, update_fields: Any, **kwargs: Any
 ) -> None:
     if raw:
+        # Fixture loading: the instance must be saved exactly as given, so no version
+        # bump and no lookups; post_save still invalidates.
         return
     cache = row_cache_for(sender)
     if cache is not None:
@@ -143,9 +145,10 @@ def _post_save(
     update_fields: Any,
     **kwargs: Any,
 ) -> None:
-    if raw:
-        return
     old = instance.__dict__.pop(_OLD, [])
+    if raw:
+        rows_changed(sender, using, [instance.pk], new=[instance])
+        return
     rows_changed(
         sender, using, [instance.pk], old=old, new=[instance], saved=instance, update_fields=update_fields
     )
