@@ -40,6 +40,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self._probe_started = 0.0
         self.state = CLOSED
         self.on_close: list[Callable[[], None]] = []
 
@@ -51,10 +52,18 @@ class CircuitBreaker:
             if self.state == OPEN and self._clock() - self._opened_at >= self.cooldown:
                 self.state = HALF_OPEN
                 self._probing = False
-            if self.state == HALF_OPEN and not self._probing:
+            # A probe whose caller never reported back must not block probing forever.
+            stuck = self._probing and self._clock() - self._probe_started >= self.cooldown
+            if self.state == HALF_OPEN and (not self._probing or stuck):
                 self._probing = True
+                self._probe_started = self._clock()
                 return True
             return False
+
+    def release(self) -> None:
+        """Give back a probe whose call ended without telling whether Redis is up."""
+        with self._lock:
+            self._probing = False
 
     def success(self) -> None:
         """Record a call that Redis answered."""

@@ -9,6 +9,7 @@ will surprise you in production. Every message has a hint saying what to change.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -80,10 +81,10 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
         out.append(Error(f"CACHEPATTERNS[{key!r}] {message}", hint=hint, id=f"cachepatterns.{code}"))
 
     ttl = values["DEFAULT_TTL"]
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl <= 0):
+    if ttl is not None and not _positive(ttl):
         bad("DEFAULT_TTL", f"is {ttl!r}.", "Use a positive number of seconds, or None for no expiry.", "E005")
     jitter = values["TTL_JITTER"]
-    if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter < 1:
+    if not _number(jitter) or not 0 <= jitter < 1:
         bad("TTL_JITTER", f"is {jitter!r}.", "Use a fraction from 0 (no jitter) up to, not including, 1.")
     serializer = values["SERIALIZER"]
     from cachepatterns_app.serializers import SERIALIZERS
@@ -102,7 +103,7 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             )
     for key in ("MAX_VALUE_BYTES", "LOCK_TIMEOUT"):
         value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        if not _positive(value):
             bad(key, f"is {value!r}.", "Use a positive number.")
     for key in ("DEGRADE_ON_FAILURE", "STATS"):
         if not isinstance(values[key], bool):
@@ -116,9 +117,13 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             "Redis Cluster hash tags).",
         )
     breaker = values["CIRCUIT_BREAKER"]
-    if not isinstance(breaker["THRESHOLD"], int) or breaker["THRESHOLD"] < 1:
+    if (
+        isinstance(breaker["THRESHOLD"], bool)
+        or not isinstance(breaker["THRESHOLD"], int)
+        or breaker["THRESHOLD"] < 1
+    ):
         bad("CIRCUIT_BREAKER", "THRESHOLD must be an integer >= 1.", "For example {'THRESHOLD': 1}.", "E008")
-    if not isinstance(breaker["COOLDOWN"], int | float) or breaker["COOLDOWN"] <= 0:
+    if not _positive(breaker["COOLDOWN"]):
         bad(
             "CIRCUIT_BREAKER",
             "COOLDOWN must be a positive number of seconds.",
@@ -134,17 +139,17 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             "E008",
         )
     for key in ("FLUSH_INTERVAL", "BATCH_SIZE", "MAX_RETRIES", "MAX_PENDING"):
-        if isinstance(wb[key], bool) or not isinstance(wb[key], int | float) or wb[key] <= 0:
+        if not _positive(wb[key]):
             bad("WRITE_BEHIND", f"{key} is {wb[key]!r}.", "Use a positive number.", "E008")
     ra = values["REFRESH_AHEAD"]
-    if not isinstance(ra["FACTOR"], int | float) or not 0 < ra["FACTOR"] < 1:
+    if not _number(ra["FACTOR"]) or not 0 < ra["FACTOR"] < 1:
         bad(
             "REFRESH_AHEAD",
             f"FACTOR is {ra['FACTOR']!r}.",
             "Use a fraction between 0 and 1, e.g. 0.2.",
             "E008",
         )
-    if not isinstance(ra["XFETCH_BETA"], int | float) or ra["XFETCH_BETA"] < 0:
+    if not _number(ra["XFETCH_BETA"]) or ra["XFETCH_BETA"] < 0:
         bad(
             "REFRESH_AHEAD",
             f"XFETCH_BETA is {ra['XFETCH_BETA']!r}.",
@@ -152,6 +157,14 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             "E008",
         )
     return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    return _number(value) and value > 0
 
 
 def check_cache(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

@@ -191,7 +191,7 @@ class RowCodec:
             if value is not None:
                 try:
                     row[index] = decode(value)
-                except (TypeError, ValueError, AttributeError, decimal.InvalidOperation) as e:
+                except (TypeError, ValueError, AttributeError, OverflowError, decimal.InvalidOperation) as e:
                     raise SerializationError(
                         f"Cached {self.label}.{self.attnames[index]} is corrupt: {e}"
                     ) from e

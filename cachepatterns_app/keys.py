@@ -97,7 +97,8 @@ def key_text(value: Any, name: str = "value") -> str:
             )
         return key_text(value.pk, name)
     if isinstance(value, tuple):
-        return "(" + ",".join(key_text(v, name) for v in value) + ")"
+        # Each element normalised: a normalised part never contains ',' or ')'.
+        return "(" + ",".join(normalise(key_text(v, name)) for v in value) + ")"
     raise TypeError(
         f"Cannot build a cache key from parameter {name!r} of type "
         f"{type(value).__name__}: keys accept str, int, float, bool, None, Decimal, UUID, "
@@ -184,7 +185,14 @@ class KeyTemplate:
         self._parts: list[tuple[str, str | None]] = []
         fields: list[str] = []
         previous_was_field = False
-        for literal, field, spec, conversion in string.Formatter().parse(template):
+        try:
+            parsed = list(string.Formatter().parse(template))
+        except ValueError as e:
+            raise ValueError(
+                f"Key template {template!r} is malformed ({e}); placeholders look like "
+                "{name} and every '{' needs its '}'."
+            ) from None
+        for literal, field, spec, conversion in parsed:
             if "{" in literal or "}" in literal:
                 raise ValueError(
                     f"Key template {template!r} contains a literal brace; braces are "

@@ -42,12 +42,17 @@ def row_cache_for(model: type[Model]) -> RowCache | None:
     """Return the row cache of ``model`` or of the concrete model it proxies."""
     cache = _row_caches.get(model)
     if cache is None and model._meta.proxy:
+        # Proxies inherit the manager without Django calling contribute_to_class, so
+        # bind the concrete model's row cache to the proxy on first use: same keys,
+        # but instances of the class that was asked for.
         concrete = model._meta.concrete_model
-        cache = _row_caches.get(concrete) if concrete is not None else None
-        if cache is None:
-            for other, candidate in list(_row_caches.items()):
-                if other._meta.concrete_model is concrete:
-                    return candidate
+        base = _row_caches.get(concrete) if concrete is not None else None
+        if base is None:
+            base = next((c for m, c in list(_row_caches.items()) if m._meta.concrete_model is concrete), None)
+        if base is not None:
+            cache = base.bind(model)
+            with _lock:
+                _row_caches.setdefault(model, cache)
     return cache
 
 

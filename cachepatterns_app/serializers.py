@@ -55,7 +55,7 @@ class JSONSerializer(Serializer):
     def loads(self, data: bytes) -> Any:
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise SerializationError(f"Payload is not valid JSON: {e}") from e
 
 

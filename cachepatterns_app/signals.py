@@ -238,7 +238,7 @@ def _senders(model: type[Model]) -> set[type[Model]]:
     """Return every model class whose signals report writes to ``model``'s rows."""
     concrete = model._meta.concrete_model or model
     senders = {model, concrete}
-    if apps.ready:
+    if apps.models_ready:
         for other in apps.get_models():
             if other._meta.concrete_model is concrete or concrete in other._meta.get_parent_list():
                 senders.add(other)
@@ -252,7 +252,7 @@ def connect_model(model: type[Model]) -> None:
         signals.pre_save.connect(_pre_save, sender=sender, weak=False, dispatch_uid=uid)
         signals.post_save.connect(_post_save, sender=sender, weak=False, dispatch_uid=uid)
         signals.post_delete.connect(_post_delete, sender=sender, weak=False, dispatch_uid=uid)
-    if not apps.ready:
+    if not apps.models_ready:
         return
     relations: list[Any] = [*model._meta.many_to_many, *model._meta.related_objects]
     for relation in relations:

@@ -100,13 +100,16 @@ class Store:
                 self._recover()
             result = operation()
         except _CONNECTION_ERRORS as e:
-            self.breaker.failure(e)
+            breaker.failure(e)
             raise CacheUnavailable(f"Redis for cache {self.alias!r} is unreachable: {e}") from e
         except redis_errors.RedisError as e:
             # The server answered, so it is up: an error reply does not trip the breaker.
-            self.breaker.success()
+            breaker.success()
             raise CacheUnavailable(f"Redis for cache {self.alias!r} refused a command: {e}") from e
-        self.breaker.success()
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.success()
         return result
 
     def _recover(self) -> None:
@@ -185,7 +188,8 @@ class Store:
         statistics): a lost one costs a later cache miss, never correctness.
         Falls back to an ordinary pipeline where the server or client cannot skip.
         """
-        if not self.breaker.allow():
+        # Never the breaker's probe: with no reply it could not tell whether Redis is up.
+        if self.breaker.state != "closed":
             return
         try:
             if self._reply_skip is None:

@@ -1,23 +1,29 @@
--- Store a row only if it is not older than what the cache has seen.
+-- Store a row version: a writer's put, or a reader's fill.
 -- KEYS[1] value, KEYS[2] lease, KEYS[3] version.
 -- ARGV[1] row version, ARGV[2] payload, ARGV[3] ttl ms (0: none),
 -- ARGV[4] version-key ttl ms (0: none), ARGV[5] lease token ('' for a writer's put).
--- The version key holds the highest version stored, or 'x' after a delete
--- (a tombstone): a late put from a writer that committed before the delete must
--- not bring the row back. A reader's fill with a valid lease started after the
--- delete committed, so it may replace a tombstone (the row was created again).
+--
+-- A writer's put is a check-and-set on the version key, which holds the highest
+-- version stored, or 'x' after a delete (a tombstone): it never replaces a newer
+-- version and never brings a deleted row back. It also voids any fill lease, so a
+-- reader that loaded an older row meanwhile cannot store it.
+--
+-- A reader's fill needs its lease to be current. Every write since the lease was
+-- taken voided it (puts, invalidations, tombstones all delete the lease), and every
+-- write before was visible to the reader's query, so a fill holding a current lease
+-- is at least as new as anything committed: it may replace a tombstone (the row was
+-- created again) or a version key left ahead by another database.
 local current = redis.call('GET', KEYS[3])
 if ARGV[5] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[5] then
     return 0
   end
-  redis.call('DEL', KEYS[2])
-elseif current == 'x' then
-  return 0
+else
+  if current == 'x' or (current and tonumber(current) > tonumber(ARGV[1])) then
+    return 0
+  end
 end
-if current and current ~= 'x' and tonumber(current) > tonumber(ARGV[1]) then
-  return 0
-end
+redis.call('DEL', KEYS[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else

@@ -12,6 +12,7 @@ leave that old row cached.
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import time
@@ -117,6 +118,13 @@ class RowCache:
         self.model = model
         self._ttl = ttl
 
+    def bind(self, model: type[Model]) -> RowCache:
+        """Return this row cache serving ``model`` (a proxy of this one's model)."""
+        clone = copy.copy(self)
+        clone.model = model
+        clone.__dict__.pop("codec", None)
+        return clone
+
     @cached_property
     def codec(self) -> RowCodec:
         return row_codec(self.model)
@@ -164,6 +172,7 @@ class RowCache:
         token = new_token()
         lease_ms = lease_lifetime_ms()
         store = self._store()
+        corrupt = 0
         while True:
             try:
                 reply = await_turn(
@@ -180,6 +189,9 @@ class RowCache:
                 instance = self.decode(reply[1], read_db)
             except SerializationError as e:
                 self._discard(keys.value, e)
+                corrupt += 1
+                if corrupt > 1:  # the delete did not land: do not spin on the same payload
+                    return self._query(read_db).get(pk=pk)
                 continue
             stats.record("hit", self.label)
             self.on_hit(keys, pk, reply[2])
@@ -211,15 +223,17 @@ class RowCache:
             store.send_no_reply([("DEL", pointer)])
         fill_db = router.db_for_write(self.model)
         pk = self._query(fill_db).filter(**{field.attname: value}).values_list("pk", flat=True).get()
+        instance = self.get(pk, read_db)
+        if getattr(instance, field.attname) != value:
+            # The row changed between the two reads, or the database matched a
+            # variant (a case-insensitive collation): answer from the database and
+            # do not point this spelling at the row.
+            return self._query(read_db).get(**{field.attname: value})
         if fill_allowed(fill_db):
             pk_text = get_serializer("json").dumps(
                 self.pk_field.value_to_string(cast(Any, _PkHolder(self.pk_field, pk)))
             )
             self._send_pointer(pointer, pk_text)
-        instance = self.get(pk, read_db)
-        if getattr(instance, field.attname) != value:
-            # The row changed between the two reads: answer from the database.
-            return self._query(read_db).get(**{field.attname: value})
         return instance
 
     def get_many(self, pks: Iterable[Any], read_db: str) -> dict[Any, Model]:
