@@ -464,12 +464,12 @@ def _schedule_put(template: KeyTemplate, params: dict[str, Any], value: Any, ttl
 
     def put() -> None:
         try:
-            get_store().pipeline([command])
+            (reply,) = get_store().pipeline([command])
         except CacheUnavailable as e:
             logger.error("write_through put of %s failed (%s); invalidating on recovery", member, e)
             queue_for_retry({("DEL", keys.value, keys.lease): label})
             return
-        stats.record("put", label)
+        stats.record("put" if reply == 1 else "stale_refused", label)
 
     after_commit([], _db_for(value), put)
 

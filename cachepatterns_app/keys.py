@@ -97,14 +97,19 @@ def key_text(value: Any, name: str = "value") -> str:
             )
         return key_text(value.pk, name)
     if isinstance(value, tuple):
-        # Each element normalised: a normalised part never contains ',' or ')'.
-        return "(" + ",".join(normalise(key_text(v, name)) for v in value) + ")"
+        # Elements are normalised (never containing ',', '(' or ')') or are tuples
+        # themselves (always starting with '('), so the text parses back one way only.
+        return "(" + ",".join(_element(v, name) for v in value) + ")"
     raise TypeError(
         f"Cannot build a cache key from parameter {name!r} of type "
         f"{type(value).__name__}: keys accept str, int, float, bool, None, Decimal, UUID, "
         "date/time, Enum, tuples of those and saved model instances. Pass a value of one "
         "of those types (for example an id instead of an object)."
     )
+
+
+def _element(value: Any, name: str) -> str:
+    return key_text(value, name) if isinstance(value, tuple) else normalise(key_text(value, name))
 
 
 def model_label(model: type[Model]) -> str:
@@ -189,8 +194,8 @@ class KeyTemplate:
             parsed = list(string.Formatter().parse(template))
         except ValueError as e:
             raise ValueError(
-                f"Key template {template!r} is malformed ({e}); placeholders look like "
-                "{name} and every '{' needs its '}'."
+                f"Key template {template!r} has an unbalanced brace ({e}); placeholders "
+                "look like {name}, and braces cannot appear otherwise."
             ) from None
         for literal, field, spec, conversion in parsed:
             if "{" in literal or "}" in literal:

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.admin",
     "cachepatterns_app",
     "tests.testapp",
+    "demo_project.blog",
 ]
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -208,12 +208,17 @@ class WriteThroughRowCache(RowCache):
         if not puts:
             return
         try:
-            get_store().pipeline(command for _, command in puts)
+            replies = get_store().pipeline(command for _, command in puts)
         except CacheUnavailable as e:
             logger.error("Write-through put failed (%s); the keys will be invalidated on recovery", e)
             queue_for_retry({("DEL", keys.value, keys.lease): self.label for keys, _ in puts})
             return
-        stats.record("put", self.label, len(puts))
+        stored = sum(1 for reply in replies if reply == 1)
+        if stored:
+            stats.record("put", self.label, stored)
+        if stored < len(puts):
+            # A newer version (or a tombstone) was already there: the right outcome.
+            stats.record("stale_refused", self.label, len(puts) - stored)
 
     # -- bulk paths ----------------------------------------------------------------
 

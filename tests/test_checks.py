@@ -1,0 +1,359 @@
+"""
+Tests for ``cachepatterns_app.checks``: each message is raised by a setting that
+should raise it, carries a hint, and is silent under the suite's own settings.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.core import checks as django_checks
+from django.core.checks import CheckMessage
+from django.db import connections, models
+from django.test import override_settings
+from django.test.utils import isolate_apps
+
+from cachepatterns_app import registry, store
+from cachepatterns_app.checks import (
+    ALL,
+    check_cache,
+    check_isolation,
+    check_models,
+    check_redis_reachable,
+    check_settings,
+)
+from cachepatterns_app.exceptions import CacheUnavailable
+from cachepatterns_app.managers import CacheAsideManager, WriteThroughManager
+
+
+def ids(messages: list[CheckMessage]) -> list[str]:
+    for message in messages:
+        assert message.hint, f"{message.id} has no hint"
+    return [m.id for m in messages if m.id]
+
+
+def with_cp(**overrides: Any) -> override_settings:
+    return override_settings(CACHEPATTERNS={**settings.CACHEPATTERNS, **overrides})
+
+
+def redis_cache(location: str, **options: Any) -> dict[str, Any]:
+    return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": location, "OPTIONS": options}
+
+
+FAST = {"SOCKET_TIMEOUT": 0.3, "SOCKET_CONNECT_TIMEOUT": 0.3}
+
+
+# -- the suite's settings are clean -----------------------------------------------
+
+
+@pytest.mark.parametrize("check", ALL, ids=[c.__name__ for c in ALL])
+def test_default_test_settings_raise_nothing(check: Callable[..., list[CheckMessage]]) -> None:
+    assert check() == []
+
+
+def test_checks_are_registered_under_the_cachepatterns_tag() -> None:
+    assert django_checks.run_checks(tags=["cachepatterns"]) == []
+    with with_cp(SERIALIZER="yaml"):
+        found = django_checks.run_checks(tags=["cachepatterns"])
+    assert "cachepatterns.E006" in ids(found)
+
+
+# -- settings ------------------------------------------------------------------------
+
+
+def test_e001_settings_not_a_dict() -> None:
+    with override_settings(CACHEPATTERNS=["KEY_PREFIX", "cp"]):
+        assert ids(check_settings()) == ["cachepatterns.E001"]
+        # The other checks must not crash on it either.
+        assert check_cache() == []
+
+
+def test_e002_unknown_key_suggests_the_close_one() -> None:
+    with with_cp(DEFAULT_TLL=60):
+        messages = check_settings()
+    assert ids(messages) == ["cachepatterns.E002"]
+    assert "'DEFAULT_TLL'" in messages[0].msg
+    assert "Did you mean 'DEFAULT_TTL'?" in (messages[0].hint or "")
+
+
+def test_e002_unknown_key_without_a_close_match() -> None:
+    with with_cp(ZZZ=1):
+        messages = check_settings()
+    assert ids(messages) == ["cachepatterns.E002"]
+    assert "Did you mean" not in (messages[0].hint or "")
+
+
+@pytest.mark.parametrize(
+    "ttl",
+    [
+        0,
+        -1,
+        "60",
+        True,
+        [60],
+        float("inf"),
+        float("nan"),
+    ],
+)
+def test_e005_bad_default_ttl(ttl: Any) -> None:
+    with with_cp(DEFAULT_TTL=ttl):
+        assert ids(check_settings()) == ["cachepatterns.E005"]
+
+
+@pytest.mark.parametrize("ttl", [None, 1, 0.5, 86400])
+def test_e005_not_raised_for_good_ttls(ttl: Any) -> None:
+    with with_cp(DEFAULT_TTL=ttl):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize("name", ["yaml", "JSON", None, ""])
+def test_e006_unknown_serializer(name: Any) -> None:
+    with with_cp(SERIALIZER=name):
+        messages = check_settings()
+    assert ids(messages) == ["cachepatterns.E006"]
+    assert "json, msgpack, pickle" in (messages[0].hint or "")
+
+
+@pytest.mark.parametrize("name", ["json", "msgpack", "pickle"])
+def test_e006_not_raised_for_known_serializers(name: str) -> None:
+    with with_cp(SERIALIZER=name):
+        assert check_settings() == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"TTL_JITTER": 1},
+        {"TTL_JITTER": -0.1},
+        {"TTL_JITTER": "0.1"},
+        {"MAX_VALUE_BYTES": 0},
+        {"MAX_VALUE_BYTES": True},
+        {"LOCK_TIMEOUT": -1},
+        {"LOCK_TIMEOUT": None},
+        {"DEGRADE_ON_FAILURE": "yes"},
+        {"STATS": 1},
+        {"KEY_PREFIX": ""},
+        {"KEY_PREFIX": "cp{x}"},
+        {"KEY_PREFIX": "has space"},
+        {"KEY_PREFIX": "x" * 65},
+        {"KEY_PREFIX": 5},
+        {"LOCK_TIMEOUT": float("inf")},
+    ],
+    ids=lambda o: repr(o),
+)
+def test_e007_bad_value(overrides: dict[str, Any]) -> None:
+    with with_cp(**overrides):
+        messages = check_settings()
+    assert ids(messages) == ["cachepatterns.E007"]
+    assert repr(next(iter(overrides))) in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"WRITE_BEHIND": 5},
+        {"REFRESH_AHEAD": None},
+        {"CIRCUIT_BREAKER": []},
+        {"WRITE_BEHIND": {"BATCH": 10}},
+        {"CIRCUIT_BREAKER": {"THRESHOLD": 0}},
+        {"CIRCUIT_BREAKER": {"THRESHOLD": 1.5}},
+        {"CIRCUIT_BREAKER": {"COOLDOWN": 0}},
+        {"CIRCUIT_BREAKER": {"COOLDOWN": "5"}},
+        {"WRITE_BEHIND": {"ON_CACHE_FAILURE": "ignore"}},
+        {"WRITE_BEHIND": {"BATCH_SIZE": 0}},
+        {"WRITE_BEHIND": {"MAX_RETRIES": True}},
+        {"WRITE_BEHIND": {"FLUSH_INTERVAL": "5"}},
+        {"REFRESH_AHEAD": {"FACTOR": 1}},
+        {"REFRESH_AHEAD": {"FACTOR": 0}},
+        {"REFRESH_AHEAD": {"XFETCH_BETA": -1}},
+    ],
+    ids=lambda o: repr(o),
+)
+def test_e008_bad_nested_setting(overrides: dict[str, Any]) -> None:
+    with with_cp(**overrides):
+        messages = check_settings()
+    assert ids(messages) == ["cachepatterns.E008"]
+    assert repr(next(iter(overrides))) in messages[0].msg
+
+
+def test_e008_nested_dicts_are_merged_not_replaced() -> None:
+    # Setting one sub-key must not make the others "missing".
+    with with_cp(WRITE_BEHIND={"BATCH_SIZE": 10}, REFRESH_AHEAD={"XFETCH_BETA": 1.0}):
+        assert check_settings() == []
+
+
+def test_errors_are_reported_together() -> None:
+    with with_cp(DEFAULT_TTL=0, SERIALIZER="yaml", TTL_JITTER=2):
+        assert sorted(ids(check_settings())) == [
+            "cachepatterns.E005",
+            "cachepatterns.E006",
+            "cachepatterns.E007",
+        ]
+
+
+# -- the cache -----------------------------------------------------------------------
+
+
+def test_e003_alias_not_in_caches() -> None:
+    with with_cp(CACHE_ALIAS="missing"):
+        messages = check_cache()
+        assert ids(messages) == ["cachepatterns.E003"]
+        assert "default" in (messages[0].hint or "")
+        # An unusable alias is an error, not also a "Redis unreachable" warning.
+        assert check_redis_reachable() == []
+
+
+def test_e004_alias_is_not_django_redis() -> None:
+    caches = {
+        "default": settings.CACHES["default"],
+        "local": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    }
+    with override_settings(CACHES=caches), with_cp(CACHE_ALIAS="local"):
+        assert ids(check_cache()) == ["cachepatterns.E004"]
+        assert check_redis_reachable() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"SOCKET_TIMEOUT": 1.0},
+        {"SOCKET_CONNECT_TIMEOUT": 1.0},
+        {"SOCKET_TIMEOUT": 0, "SOCKET_CONNECT_TIMEOUT": 1},
+    ],
+    ids=["none", "no-connect-timeout", "no-socket-timeout", "zero"],
+)
+def test_w002_missing_socket_timeouts(options: dict[str, Any]) -> None:
+    with override_settings(
+        CACHES={"default": redis_cache(settings.CACHES["default"]["LOCATION"], **options)}
+    ):
+        assert ids(check_cache()) == ["cachepatterns.W002"]
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP port that accepts connections and never answers: a hung Redis."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+
+
+def test_w001_redis_refuses_connections() -> None:
+    with override_settings(CACHES={"default": redis_cache("redis://127.0.0.1:1/0", **FAST)}):
+        assert ids(check_redis_reachable()) == ["cachepatterns.W001"]
+    # Leaving the override must reconnect to the real server (store.reset on setting_changed).
+    assert check_redis_reachable() == []
+
+
+def test_w001_redis_hangs_within_the_socket_timeout(silent_server: str) -> None:
+    with override_settings(CACHES={"default": redis_cache(silent_server, **FAST)}):
+        started = time.monotonic()
+        assert ids(check_redis_reachable()) == ["cachepatterns.W001"]
+        assert time.monotonic() - started < 2.0
+    assert check_redis_reachable() == []
+
+
+def test_store_follows_caches_overrides(redis: Any) -> None:
+    before = store.get_store()
+    with override_settings(CACHES={"default": redis_cache("redis://127.0.0.1:1/0", **FAST)}):
+        down = store.get_store()
+        assert down is not before
+        with pytest.raises(CacheUnavailable):
+            down.execute("PING")
+    after = store.get_store()
+    assert after is not down
+    assert after.execute("PING") in (True, b"PONG", "PONG")
+
+
+# -- models --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def forget_models() -> Iterator[list[type[models.Model]]]:
+    """Unregister row caches of models defined in a test (registration is global)."""
+    made: list[type[models.Model]] = []
+    yield made
+    with registry._lock:
+        for model in made:
+            registry._row_caches.pop(model, None)
+
+
+@isolate_apps("tests.testapp")
+def test_e010_write_through_without_an_integer_version(forget_models: list[Any]) -> None:
+    class NoVersion(models.Model):
+        version = models.CharField(max_length=10)
+        objects = WriteThroughManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    class Renamed(models.Model):
+        revision = models.IntegerField(default=0)
+        objects = WriteThroughManager(version_field="rev")
+
+        class Meta:
+            app_label = "testapp"
+
+    class Fine(models.Model):
+        revision = models.IntegerField(default=0)
+        objects = WriteThroughManager(version_field="revision")
+
+        class Meta:
+            app_label = "testapp"
+
+    forget_models.extend([NoVersion, Renamed, Fine])
+    found = [(m.id, m.obj) for m in check_models()]
+    assert ("cachepatterns.E010", NoVersion) in found
+    assert ("cachepatterns.E010", Renamed) in found
+    assert all(obj is not Fine for _, obj in found)
+
+
+@isolate_apps("tests.testapp")
+def test_w004_cached_model_whose_default_manager_does_not_report_bulk_writes(
+    forget_models: list[Any],
+) -> None:
+    class PlainFirst(models.Model):
+        name = models.CharField(max_length=10)
+        plain = models.Manager()
+        cached = CacheAsideManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget_models.append(PlainFirst)
+    found = [(m.id, m.obj) for m in check_models()]
+    assert ("cachepatterns.W004", PlainFirst) in found
+
+
+# -- isolation level ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("engine", "level", "warned"),
+    [
+        ("django.db.backends.mysql", "repeatable read", True),
+        ("django.db.backends.mysql", "serializable", True),
+        ("django.db.backends.mysql", "READ COMMITTED", False),
+        ("django.db.backends.mysql", None, False),
+        ("django.db.backends.sqlite3", "repeatable read", False),
+    ],
+)
+def test_w005_snapshot_isolation(
+    engine: str, level: str | None, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An extra alias in the already-parsed database settings; no connection is opened.
+    options = {} if level is None else {"isolation_level": level}
+    monkeypatch.setitem(connections.settings, "w005", {"ENGINE": engine, "OPTIONS": options})
+    found = [(m.id, m.msg) for m in check_isolation()]
+    if warned:
+        assert len(found) == 1
+        assert found[0][0] == "cachepatterns.W005"
+        assert "'w005'" in found[0][1]
+    else:
+        assert found == []
