@@ -50,10 +50,19 @@ class Batch:
     sids: set[str] = field(default_factory=set)
     commands: dict[Command, str] = field(default_factory=dict)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
+    #: What the transaction wrote, by stats label (model label or key template).
+    labels: set[str] = field(default_factory=set)
 
-    def add(self, commands: Iterable[tuple[Command, str]], callback: Callable[[], None] | None) -> None:
+    def add(
+        self,
+        commands: Iterable[tuple[Command, str]],
+        callback: Callable[[], None] | None,
+        labels: Iterable[str] = (),
+    ) -> None:
         for command, label in commands:
             self.commands.setdefault(command, label)
+            self.labels.add(label)
+        self.labels.update(labels)
         if callback is not None:
             self.callbacks.append(callback)
 
@@ -72,12 +81,14 @@ def after_commit(
     commands: Iterable[tuple[Command, str]],
     using: str,
     callback: Callable[[], None] | None = None,
+    labels: Iterable[str] = (),
 ) -> None:
     """
     Run ``commands`` (each with the label it is counted under) after ``using`` commits.
 
     ``callback`` runs after the commands, for work that must read the committed
-    database first (write-through puts).
+    database first (write-through puts). ``labels`` name what was written, besides
+    the commands' labels, for :func:`has_pending_writes`.
     """
     connection = connections[using]
     if not connection.in_atomic_block:
@@ -94,19 +105,26 @@ def after_commit(
         last = hooks[-1][1]
         owner = getattr(last, "__self__", None)
         if isinstance(owner, Batch) and owner.sids == sids:
-            owner.add(commands, callback)
+            owner.add(commands, callback, labels)
             return
     batch = Batch(sids=sids)
-    batch.add(commands, callback)
+    batch.add(commands, callback, labels)
     transaction.on_commit(batch.run, using=using)
 
 
-def has_pending_writes(using: str) -> bool:
-    """Return whether the open transaction on ``using`` has written a cached model."""
+def has_pending_writes(using: str, label: str | None = None) -> bool:
+    """
+    Return whether the open transaction on ``using`` wrote something cached —
+    anything, or with ``label`` that model (or key template) in particular.
+    """
     connection = connections[using]
     if not connection.in_atomic_block:
         return False
-    return any(isinstance(getattr(hook[1], "__self__", None), Batch) for hook in connection.run_on_commit)
+    for hook in connection.run_on_commit:
+        owner = getattr(hook[1], "__self__", None)
+        if isinstance(owner, Batch) and (label is None or label in owner.labels):
+            return True
+    return False
 
 
 # -- sending, and retrying what could not be sent ------------------------------------
@@ -165,7 +183,11 @@ def _send_queued(client: Any) -> bool:
             pipe.eval(SCRIPTS[name], len(keys), *keys, *args)
         else:
             pipe.execute_command(*command)
-    pipe.execute(raise_on_error=True)
+    # Error replies (a key of the wrong type...) cannot be fixed by retrying: log them
+    # and move on. Connection errors still raise and keep everything queued.
+    for command, reply in zip(batch, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, Exception):
+            logger.error("Queued invalidation %r was refused by Redis: %s", command[:2], reply)
     with _failed_lock:
         for command in batch:
             _failed.pop(command, None)

@@ -17,10 +17,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
 from django.db import connections, models, router, transaction
-from django.db.models import Model
+from django.db.models import Model, Q
 from django.db.models.manager import BaseManager
 from django.db.models.query import ModelIterable
 
+from cachepatterns_app.invalidation import has_pending_writes
 from cachepatterns_app.patterns.cache_aside import UNSET, RowCache
 from cachepatterns_app.registry import dependencies_of, register_row_cache, row_cache_for
 from cachepatterns_app.signals import connect_model, old_rows, rows_changed
@@ -88,10 +89,35 @@ class InvalidatingQuerySet(models.QuerySet[M]):
 
     def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
         """Insert ``objs``, then invalidate what depends on them after commit."""
-        created = super().bulk_create(objs, *args, **kwargs)
-        if _watched(self.model):
+        if not _watched(self.model):
+            return super().bulk_create(objs, *args, **kwargs)
+        objs = list(objs)
+        db = self._write_db()
+        if not (kwargs.get("update_conflicts") and objs):
+            created = super().bulk_create(objs, *args, **kwargs)
             pks = [obj.pk for obj in created if obj.pk is not None]
-            rows_changed(self.model, self._write_db(), pks, new=created)
+            rows_changed(self.model, db, pks, new=created)
+            return created
+        # An upsert rewrites existing rows, whose primary keys the database may not
+        # return: find the rows by the conflict target, before (old owners) and after.
+        meta = self.model._meta
+        match = Q()
+        if kwargs.get("unique_fields"):
+            unique = [meta.get_field(name) for name in kwargs["unique_fields"]]
+            for obj in objs:
+                match |= Q(**{f.attname: getattr(obj, f.attname) for f in unique})  # type: ignore[union-attr]
+        else:
+            # MySQL's ON DUPLICATE KEY UPDATE fires on any unique key.
+            for obj in objs:
+                for f in meta.concrete_fields:
+                    if f.unique and getattr(obj, f.attname) is not None:
+                        match |= Q(**{f.attname: getattr(obj, f.attname)})
+        base: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=db).filter(match)
+        with transaction.atomic(using=db, savepoint=False):
+            old = old_rows(base)
+            created = super().bulk_create(objs, *args, **kwargs)
+            pks = list(base.values_list("pk", flat=True))
+            rows_changed(self.model, db, pks, old=old, new=created)
         return created
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]
@@ -164,7 +190,12 @@ class CachedQuerySet(InvalidatingQuerySet[M]):
         """Return ``{pk: instance}`` for the existing rows among ``pks``."""
         cache = row_cache_for(self.model)
         pks = list(pks)
-        if cache is None or not self._pristine() or not _default_db(self.model, _db(self)):
+        if (
+            cache is None
+            or not self._pristine()
+            or not _default_db(self.model, _db(self))
+            or has_pending_writes(_db(self) or router.db_for_write(self.model), cache.label)
+        ):
             return self.in_bulk(pks)
         return cache.get_many(pks, _db(self) or router.db_for_read(self.model))  # type: ignore[return-value]
 
@@ -185,6 +216,9 @@ def cached_get(model: type[Model], db: str | None, kwargs: dict[str, Any]) -> An
         return _PASS
     ((name, value),) = kwargs.items()
     if value is None or hasattr(value, "resolve_expression"):
+        return _PASS
+    if has_pending_writes(db or router.db_for_write(model), cache.label):
+        # This transaction wrote the model: the cache cannot show it its own writes.
         return _PASS
     name = name.removesuffix("__exact")
     read_db = db or router.db_for_read(model)

@@ -75,7 +75,13 @@ def rows_changed(
                 for params in dependency.params(row):
                     commands.append(dependency.family.bump(params))
     if commands or callback:
-        after_commit(commands, using, callback)
+        after_commit(
+            commands, using, callback, labels=[cache.label for cache in _caches(model)] if rows else ()
+        )
+
+
+def _caches(model: type[Model]) -> list[Any]:
+    return [c for c in (row_cache_for(k) for k in [model, *model._meta.get_parent_list()]) if c is not None]
 
 
 def old_rows(queryset: models.QuerySet[Any]) -> list[Model]:

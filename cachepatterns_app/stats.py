@@ -87,8 +87,9 @@ def flush(*, wait: bool = True) -> None:
             logger.info("Statistics not sent (%s); they are kept for the next try", e)
             with _lock:
                 _pending.update(batch)
-    else:
-        store.send_no_reply(commands)
+    elif not store.send_no_reply(commands):
+        with _lock:
+            _pending.update(batch)
 
 
 def local_counts() -> dict[str, int]:

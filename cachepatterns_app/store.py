@@ -180,17 +180,18 @@ class Store:
 
         return self.guard(run)
 
-    def send_no_reply(self, commands: Sequence[tuple[Any, ...]]) -> None:
+    def send_no_reply(self, commands: Sequence[tuple[Any, ...]]) -> bool:
         """
         Write ``commands`` to Redis without reading replies (``CLIENT REPLY SKIP``).
 
         Only for commands whose outcome does not matter to the caller (fills,
         statistics): a lost one costs a later cache miss, never correctness.
         Falls back to an ordinary pipeline where the server or client cannot skip.
+        Return whether the commands were sent.
         """
         # Never the breaker's probe: with no reply it could not tell whether Redis is up.
         if self.breaker.state != "closed":
-            return
+            return False
         try:
             if self._reply_skip is None:
                 self._reply_skip = self._probe_reply_skip()
@@ -200,7 +201,7 @@ class Store:
                     pipe.execute_command(*command)
                 pipe.execute(raise_on_error=False)
                 self.breaker.success()
-                return
+                return True
             pool = self.client.connection_pool
             connection = pool.get_connection()
             try:
@@ -217,8 +218,11 @@ class Store:
         except _CONNECTION_ERRORS as e:
             self.breaker.failure(e)
             logger.warning("Redis %s: could not send %d command(s): %s", self.alias, len(commands), e)
+            return False
         except redis_errors.RedisError as e:
             logger.warning("Redis %s: could not send %d command(s): %s", self.alias, len(commands), e)
+            return False
+        return True
 
     def _probe_reply_skip(self) -> bool:
         """Return whether this server honours ``CLIENT REPLY SKIP`` on this client."""

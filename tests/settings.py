@@ -53,7 +53,7 @@ TEMPLATES = [
     }
 ]
 
-_db = dj_database_url.parse(os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'test.sqlite3'}"))
+_db = dj_database_url.parse(os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'test.sqlite3'}")
 if _db["ENGINE"].endswith("sqlite3"):
     # A file, not :memory:, so that threads in concurrency tests share the data.
     _db["TEST"] = {"NAME": str(BASE_DIR / f"test-{os.getpid()}.sqlite3")}

@@ -30,8 +30,8 @@ from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
 from cachepatterns_app.invalidation import has_pending_writes
 from cachepatterns_app.keys import RowKeys, model_label, row_keys, unique_key
-from cachepatterns_app.serializers import get_serializer
-from cachepatterns_app.store import Store, get_store, new_token
+from cachepatterns_app.serializers import JSONSerializer, get_serializer
+from cachepatterns_app.store import SCRIPTS, Store, get_store, new_token
 
 __all__ = ["UNSET", "RowCache", "await_turn", "fill_allowed", "lease_lifetime_ms", "ttl_ms"]
 
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 UNSET: Any = object()
 
 HIT, LEASED, BUSY = 1, 2, 3
+
+# Unique-field pointers hold a primary key: always JSON, whatever SERIALIZER says.
+_json = JSONSerializer()
 
 
 def ttl_ms(ttl: int | float | None) -> int:
@@ -204,36 +207,47 @@ class RowCache:
             value = field.to_python(value.pk if isinstance(value, Model) else value)
         except ValidationError:
             return self._query(read_db).get(**{field_name: value})
+        lookup = {field.attname: value}
         pointer = unique_key(self.label, field.attname, value)
+        lease = pointer + ":l"
         store = self._store()
+        token = new_token()
+        lease_ms = lease_lifetime_ms()
         try:
-            raw = store.execute("GET", pointer)
+            reply = await_turn(lambda: store.script("read", (pointer, lease), (token, lease_ms)), self.label)
         except CacheUnavailable as e:
             stats.record("degraded", self.label)
             self._raise_unless_degrading(e)
-            return self._query(read_db).get(**{field.attname: value})
-        if raw is not None:
+            return self._query(read_db).get(**lookup)
+        if reply is None:
+            stats.record("bypass", self.label)
+            return self._query(read_db).get(**lookup)
+        if reply[0] == HIT:
+            # The pointer is only a hint: the row it names must still have this value.
             try:
-                pk = self.pk_field.to_python(get_serializer("json").loads(raw))
-                instance = self.get(pk, read_db)
+                instance: Model | None = self.get(self.pk_field.to_python(_json.loads(reply[1])), read_db)
             except (SerializationError, ValidationError, ObjectDoesNotExist):
                 instance = None
             if instance is not None and getattr(instance, field.attname) == value:
                 return instance
             store.send_no_reply([("DEL", pointer)])
+            return self._query(read_db).get(**lookup)
         fill_db = router.db_for_write(self.model)
-        pk = self._query(fill_db).filter(**{field.attname: value}).values_list("pk", flat=True).get()
-        instance = self.get(pk, read_db)
-        if getattr(instance, field.attname) != value:
-            # The row changed between the two reads, or the database matched a
-            # variant (a case-insensitive collation): answer from the database and
-            # do not point this spelling at the row.
-            return self._query(read_db).get(**{field.attname: value})
-        if fill_allowed(fill_db):
-            pk_text = get_serializer("json").dumps(
-                self.pk_field.value_to_string(cast(Any, _PkHolder(self.pk_field, pk)))
-            )
-            self._send_pointer(pointer, pk_text)
+        try:
+            pk = self._query(fill_db).filter(**lookup).values_list("pk", flat=True).get()
+            instance = self.get(pk, read_db)
+        except BaseException:
+            self._release_lease(lease, token)
+            raise
+        if getattr(instance, field.attname) != value or not fill_allowed(fill_db):
+            # The row changed between the two reads, or the database matched a variant
+            # (a case-insensitive collation): do not point this spelling at the row.
+            self._release_lease(lease, token)
+            if getattr(instance, field.attname) != value:
+                return self._query(read_db).get(**lookup)
+            return instance
+        payload = _json.dumps(self.pk_field.value_to_string(cast(Any, _PkHolder(self.pk_field, pk))))
+        store.send_no_reply([("EVAL", SCRIPTS["fill"], 2, pointer, lease, token, payload, ttl_ms(self.ttl))])
         return instance
 
     def get_many(self, pks: Iterable[Any], read_db: str) -> dict[Any, Model]:
@@ -330,8 +344,6 @@ class RowCache:
 
     def fill_command(self, keys: RowKeys, token: str, instance: Model, payload: bytes) -> tuple[Any, ...]:
         """Return the command that stores a loaded row if the lease still holds."""
-        from cachepatterns_app.store import SCRIPTS
-
         return ("EVAL", SCRIPTS["fill"], 2, keys.value, keys.lease, token, payload, ttl_ms(self.ttl))
 
     def _release(self, keys: RowKeys, token: str) -> None:
@@ -339,16 +351,10 @@ class RowCache:
 
     def _release_many(self, keys: Sequence[RowKeys], token: str) -> None:
         if keys:
-            from cachepatterns_app.store import SCRIPTS
-
             self._store().send_no_reply([("EVAL", SCRIPTS["release"], 1, k.lease, token) for k in keys])
 
-    def _send_pointer(self, pointer: str, pk_payload: bytes) -> None:
-        ttl = ttl_ms(self.ttl)
-        command: tuple[Any, ...] = (
-            ("SET", pointer, pk_payload, "PX", ttl) if ttl else ("SET", pointer, pk_payload)
-        )
-        self._store().send_no_reply([command])
+    def _release_lease(self, lease: str, token: str) -> None:
+        self._store().send_no_reply([("EVAL", SCRIPTS["release"], 1, lease, token)])
 
     def on_hit(self, keys: RowKeys, pk: Any, pttl: int) -> None:
         """Hook for refresh-ahead: called on every hit with the key's remaining TTL (ms)."""

@@ -1,0 +1,215 @@
+"""
+Helpers for the concurrency and fault tests: threads with their own database
+connection, SELECT counting, waiting for fire-and-forget fills, and a private
+``redis-server`` that a test may pause (SIGSTOP) or kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import redis as redis_py
+from django.conf import settings
+from django.db import connections
+from django.db.models import Model
+from django.test import override_settings
+
+from cachepatterns_app.keys import RowKeys, model_label, row_keys
+from cachepatterns_app.store import get_store
+
+__all__ = [
+    "PrivateRedis",
+    "SelectCounter",
+    "Worker",
+    "cachepatterns",
+    "keys_of",
+    "settle",
+    "wait_until",
+]
+
+SQLITE = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+MYSQL = settings.DATABASES["default"]["ENGINE"].endswith("mysql")
+
+
+def cachepatterns(**overrides: Any) -> override_settings:
+    """Return ``override_settings`` for the suite's ``CACHEPATTERNS`` with ``overrides``."""
+    return override_settings(CACHEPATTERNS={**settings.CACHEPATTERNS, **overrides})
+
+
+def keys_of(model: type[Model], pk: Any) -> RowKeys:
+    """Return the Redis keys of row ``pk`` of ``model``."""
+    return row_keys(model_label(model), pk)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 1.0, interval: float = 0.005) -> Any:
+    """Poll ``predicate`` until it is truthy (return it) or ``timeout`` passes (return it anyway)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
+
+
+def settle() -> None:
+    """
+    Wait until every fire-and-forget command (fills sent with CLIENT REPLY SKIP)
+    has been executed by Redis.
+
+    Such commands go out over pooled connections and nobody reads a reply. Redis
+    executes the commands of one connection in order, so a PING answered on every
+    idle pooled connection proves that everything sent before it has run. Call it
+    only when no other thread uses the cache.
+    """
+    pool = get_store().client.connection_pool
+    with pool._lock:
+        idle = list(pool._available_connections)
+    for connection in idle:
+        if connection._sock is None:
+            continue
+        connection.send_command("PING")
+        assert connection.read_response() in (b"PONG", "PONG")
+
+
+class SelectCounter:
+    """An execute wrapper counting SELECTs on one table, safe to share between threads."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.lstrip().upper().startswith("SELECT") and self.table in sql:
+            with self._lock:
+                self.count += 1
+        return execute(sql, params, many, context)
+
+
+class Worker(threading.Thread):
+    """
+    Run ``target`` in a thread with its own database connection, closed at the end.
+
+    :meth:`result` re-raises whatever ``target`` raised, so assertions made in the
+    thread fail the test.
+    """
+
+    def __init__(self, target: Callable[[], Any], name: str = "worker") -> None:
+        super().__init__(name=name, daemon=True)
+        self._target_fn = target
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.value = self._target_fn()
+        except BaseException as e:  # handed to the test thread by result()
+            self.error = e
+        finally:
+            connections.close_all()
+
+    def result(self, timeout: float = 30.0) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.name} did not finish within {timeout}s"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class PrivateRedis:
+    """A ``redis-server`` of this test's own, on a free loopback port."""
+
+    def __init__(self) -> None:
+        from demo_project.embedded import redis_server_binary
+
+        self.port = _free_port()
+        self.dir = tempfile.mkdtemp(prefix="cp-redis-")
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.paused = False
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis_py.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis_py.ConnectionError):
+                if self.client.ping():
+                    break
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("private redis-server did not start")
+            time.sleep(0.02)
+
+    def caches(self, socket_timeout: float = 0.5) -> dict[str, Any]:
+        """Return a ``CACHES`` setting pointing the default cache at this server."""
+        return {
+            "default": {
+                "BACKEND": "django_redis.cache.RedisCache",
+                "LOCATION": self.url,
+                "OPTIONS": {"SOCKET_TIMEOUT": socket_timeout, "SOCKET_CONNECT_TIMEOUT": socket_timeout},
+            }
+        }
+
+    def pause(self) -> None:
+        """Freeze the server (it accepts TCP data but answers nothing): a hung Redis."""
+        os.kill(self.process.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        os.kill(self.process.pid, signal.SIGCONT)
+        self.paused = False
+
+    def command_calls(self) -> dict[str, int]:
+        """Return ``{command: calls}`` from ``INFO commandstats``."""
+        stats = self.client.info("commandstats")
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
+    def stop(self) -> None:
+        """Kill the server (also when paused) and wait for it."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)
+            self.process.kill()
+        self.process.wait(10)
+        self.client.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    """Yield a private server, killed at the end whatever happens."""
+    server = PrivateRedis()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,258 @@
+"""
+Fail open for reads (design.md, correctness rule 5): with Redis down or hung,
+reads come from the database within the socket timeout, the circuit breaker
+stops paying that timeout on every call, writes still commit, and invalidations
+that could not be sent reach Redis before anything else once it answers again.
+
+"Down" is a closed port. "Hung" is a private ``redis-server`` frozen with
+SIGSTOP: it accepts the TCP data but answers nothing, so every call waits for the
+socket timeout. Each test kills the servers it starts, whatever happens.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.db import models, transaction
+from django.test import override_settings
+
+from cachepatterns_app import invalidation
+from cachepatterns_app.exceptions import CacheUnavailable
+from cachepatterns_app.store import get_store
+from tests.support import PrivateRedis, cachepatterns, keys_of, private_redis, wait_until
+from tests.testapp.models import Author
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SOCKET_TIMEOUT = 0.5
+COOLDOWN = 0.5
+FAST = 0.2  # a call that did not wait for the socket timeout
+
+CLOSED_PORT = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {"SOCKET_TIMEOUT": SOCKET_TIMEOUT, "SOCKET_CONNECT_TIMEOUT": SOCKET_TIMEOUT},
+    }
+}
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    start = time.monotonic()
+    result = fn()
+    return result, time.monotonic() - start
+
+
+def db_name(pk: Any) -> str:
+    return models.QuerySet(Author).get(pk=pk).name
+
+
+@pytest.fixture
+def ada() -> Author:
+    author: Author = Author.objects.create(name="Ada", email="ada@example.com", slug="ada")
+    return author
+
+
+# -- Redis down (connection refused) --------------------------------------------------------------
+
+
+def test_redis_down_reads_come_from_the_database(ada, counts, django_assert_num_queries):
+    with override_settings(CACHES=CLOSED_PORT):
+        for _ in range(3):
+            with django_assert_num_queries(1):
+                assert Author.objects.get(pk=ada.pk).name == "Ada"
+        with django_assert_num_queries(1):
+            assert Author.objects.get(email="ada@example.com").pk == ada.pk
+        with django_assert_num_queries(1):
+            assert list(Author.objects.get_many([ada.pk, ada.pk + 100])) == [ada.pk]
+        with pytest.raises(Author.DoesNotExist):
+            Author.objects.get(pk=ada.pk + 100)
+        instance, elapsed = timed(lambda: Author.objects.get(pk=ada.pk))
+        assert elapsed < FAST
+        assert instance._state.db == "default"
+        assert instance._state.adding is False
+    assert counts("testapp.author")["degraded"] >= 6
+
+
+def test_redis_down_writes_still_commit(ada, counts):
+    with override_settings(CACHES=CLOSED_PORT):
+        ada.name = "Countess"
+        ada.save()
+        with transaction.atomic():
+            Author.objects.filter(pk=ada.pk).update(bio="poet")
+        bob = Author.objects.create(name="Bob", email="bob@example.com")
+        Author.objects.filter(pk=bob.pk).delete()
+        assert Author.objects.get(pk=ada.pk).name == "Countess"
+    row: Author = models.QuerySet(Author).get(pk=ada.pk)
+    assert (row.name, row.bio) == ("Countess", "poet")
+    assert not Author.objects.filter(pk=bob.pk).exists()
+    assert counts("testapp.author")["invalidation_failed"] >= 1
+    assert invalidation.pending_retries() >= 1  # kept for when Redis answers
+
+
+def test_redis_down_without_degrading_reads_raise(ada):
+    with override_settings(CACHES=CLOSED_PORT), cachepatterns(DEGRADE_ON_FAILURE=False):
+        with pytest.raises(CacheUnavailable):
+            Author.objects.get(pk=ada.pk)
+        with pytest.raises(CacheUnavailable):  # breaker open now: raised at once
+            Author.objects.get(pk=ada.pk)
+        with pytest.raises(CacheUnavailable):
+            Author.objects.get(email="ada@example.com")
+        with pytest.raises(CacheUnavailable):
+            Author.objects.get_many([ada.pk])
+        # Queries the cache never serves are unaffected, and writes still commit.
+        assert Author.objects.filter(pk=ada.pk).get().name == "Ada"
+        ada.name = "Countess"
+        ada.save()
+    assert db_name(ada.pk) == "Countess"
+
+
+# -- Redis hung (SIGSTOP) -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hung_capable() -> Iterator[PrivateRedis]:
+    """A private server the cache points at, with a short socket timeout and cooldown."""
+    with (
+        private_redis() as server,
+        override_settings(CACHES=server.caches(socket_timeout=SOCKET_TIMEOUT)),
+        cachepatterns(CIRCUIT_BREAKER={"THRESHOLD": 1, "COOLDOWN": COOLDOWN}),
+    ):
+        yield server
+
+
+def fill(server: PrivateRedis, pk: Any) -> None:
+    Author.objects.get(pk=pk)
+    assert wait_until(lambda: server.client.exists(keys_of(Author, pk).value))
+
+
+def wait_for_cooldown() -> None:
+    """Wait until the breaker would let a probe through (its cooldown has passed)."""
+    breaker = get_store().breaker
+    assert breaker.state == "open"
+    assert wait_until(lambda: time.monotonic() - breaker._opened_at >= COOLDOWN, timeout=COOLDOWN * 4)
+
+
+def test_redis_hung_reads_pay_the_timeout_once_then_recover(ada, hung_capable, django_assert_num_queries):
+    server = hung_capable
+    fill(server, ada.pk)
+    with django_assert_num_queries(0):
+        assert Author.objects.get(pk=ada.pk).name == "Ada"
+
+    server.pause()
+    with django_assert_num_queries(1):
+        instance, elapsed = timed(lambda: Author.objects.get(pk=ada.pk))
+    assert instance.name == "Ada"
+    assert SOCKET_TIMEOUT * 0.8 <= elapsed <= SOCKET_TIMEOUT + 1.0, elapsed
+    assert get_store().breaker.state == "open"
+
+    # While the breaker is open: no call waits for the socket timeout again.
+    for read in (
+        lambda: Author.objects.get(pk=ada.pk),
+        lambda: Author.objects.get(email="ada@example.com"),
+        lambda: Author.objects.get_many([ada.pk])[ada.pk],
+    ):
+        instance, elapsed = timed(read)
+        assert instance.pk == ada.pk
+        assert elapsed < FAST, elapsed
+    _, elapsed = timed(lambda: Author.objects.filter(pk=ada.pk).update(bio="x"))
+    assert elapsed < FAST, elapsed  # a write's invalidation does not wait either
+
+    server.resume()
+    wait_for_cooldown()
+    # The probe succeeds and closes the breaker: reads are hits again (0 queries).
+    # (The update above was invalidated on recovery, so the first read refills.)
+    assert Author.objects.get(pk=ada.pk).bio == "x"
+    assert get_store().breaker.state == "closed"
+    assert wait_until(lambda: server.client.exists(keys_of(Author, ada.pk).value))
+    with django_assert_num_queries(0):
+        instance, elapsed = timed(lambda: Author.objects.get(pk=ada.pk))
+    assert instance.bio == "x"
+    assert elapsed < FAST
+
+
+def test_a_write_while_redis_hangs_commits_and_its_invalidation_lands(ada, hung_capable):
+    server = hung_capable
+    fill(server, ada.pk)
+
+    server.pause()
+    ada.name = "Countess"
+    _, elapsed = timed(ada.save)  # the after-commit invalidation waits for the socket timeout
+    assert elapsed <= SOCKET_TIMEOUT + 1.0, elapsed
+    assert db_name(ada.pk) == "Countess"  # committed
+
+    server.resume()
+    wait_for_cooldown()
+    assert Author.objects.get(pk=ada.pk).name == "Countess"
+    assert invalidation.pending_retries() == 0
+
+
+def test_an_invalidation_queued_while_down_is_sent_before_any_other_call(ada, hung_capable, counts):
+    server = hung_capable
+    keys = keys_of(Author, ada.pk)
+    fill(server, ada.pk)
+    stale = server.client.get(keys.value)
+
+    server.pause()
+    Author.objects.get(pk=ada.pk)  # pays the timeout once: the breaker opens
+    assert get_store().breaker.state == "open"
+    ada.name = "Countess"
+    _, elapsed = timed(ada.save)
+    # With the breaker open nothing was sent: the invalidation is queued in this process.
+    assert elapsed < FAST, elapsed
+    assert db_name(ada.pk) == "Countess"
+    assert invalidation.pending_retries() == 1
+    assert counts("testapp.author")["invalidation_failed"] == 1
+
+    server.resume()
+    # Redis answers again and still holds the stale row (nothing reached it).
+    assert server.client.get(keys.value) == stale
+    wait_for_cooldown()
+    # The first call after the cooldown sends the queued DEL before its own read.
+    assert Author.objects.get(pk=ada.pk).name == "Countess"
+    assert invalidation.pending_retries() == 0
+    assert wait_until(lambda: server.client.get(keys.value) != stale)
+    assert Author.objects.get(pk=ada.pk).name == "Countess"
+
+
+def test_queued_invalidations_survive_a_failed_probe(ada, hung_capable):
+    server = hung_capable
+    keys = keys_of(Author, ada.pk)
+    fill(server, ada.pk)
+    server.pause()
+    Author.objects.get(pk=ada.pk)  # opens the breaker
+    ada.name = "Countess"
+    ada.save()  # queued
+    wait_for_cooldown()
+    # Still hung: the probe (which first tries the queued DEL) times out, reopens.
+    instance, elapsed = timed(lambda: Author.objects.get(pk=ada.pk))
+    assert instance.name == "Countess"
+    assert elapsed <= SOCKET_TIMEOUT + 1.0
+    assert invalidation.pending_retries() == 1
+    server.resume()
+    wait_for_cooldown()
+    assert Author.objects.get(pk=ada.pk).name == "Countess"
+    assert invalidation.pending_retries() == 0
+    assert server.client.get(keys.value) is None or Author.objects.get(pk=ada.pk).name == "Countess"
+
+
+def test_a_fire_and_forget_send_after_the_cooldown_does_not_wedge_the_breaker(
+    ada, hung_capable, django_assert_num_queries
+):
+    server = hung_capable
+    fill(server, ada.pk)
+    server.pause()
+    Author.objects.get(pk=ada.pk)  # opens the breaker
+    server.resume()
+    wait_for_cooldown()
+    # The first thing to reach the store after the cooldown is a fire-and-forget
+    # send (a statistics flush or a fill from another thread does exactly this).
+    get_store().send_no_reply([("PING",)])
+    # Redis answers, so reads must be hits again, at the latest one cooldown later.
+    time.sleep(COOLDOWN * 2)
+    with django_assert_num_queries(0):
+        assert Author.objects.get(pk=ada.pk).name == "Ada"
+    assert get_store().breaker.state == "closed"

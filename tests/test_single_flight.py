@@ -1,0 +1,185 @@
+"""
+Single flight (design.md, correctness rule 3): concurrent misses of one key load
+the row once, and a lease whose holder died delays readers by at most
+``LOCK_TIMEOUT``, never forever.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.db import OperationalError, connection
+
+from cachepatterns_app import store as store_module
+from tests.support import SelectCounter, Worker, cachepatterns, keys_of, settle
+from tests.testapp.models import Author
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TABLE = Author._meta.db_table
+THREADS = 50
+
+
+def stampede(read: Callable[[], Any], n: int = THREADS) -> tuple[list[Any], SelectCounter]:
+    """Run ``read`` in ``n`` threads released together; return results and the SELECT count."""
+    counter = SelectCounter(TABLE)
+    barrier = threading.Barrier(n)
+
+    def one() -> Any:
+        with connection.execute_wrapper(counter):
+            barrier.wait(15)
+            return read()
+
+    workers = [Worker(one, name=f"reader-{i}") for i in range(n)]
+    for worker in workers:
+        worker.start()
+    return [worker.result(60) for worker in workers], counter
+
+
+@pytest.fixture
+def ada() -> Author:
+    author: Author = Author.objects.create(name="Ada", email="ada@example.com", slug="ada")
+    return author
+
+
+def test_concurrent_misses_of_one_key_load_it_once(ada, redis, counts):
+    results, counter = stampede(lambda: Author.objects.get(pk=ada.pk))
+
+    assert counter.count <= 2, f"{counter.count} SELECTs for one key"
+    assert len(results) == THREADS
+    for author in results:
+        assert author.pk == ada.pk
+        assert (author.name, author.email) == ("Ada", "ada@example.com")
+    assert counts("testapp.author").get("miss", 0) <= 2
+    settle()
+    assert redis.exists(keys_of(Author, ada.pk).value) == 1
+    assert redis.exists(keys_of(Author, ada.pk).lease) == 0
+
+
+# A read script that never makes a caller wait: what the library would do without leases.
+READ_WITHOUT_SINGLE_FLIGHT = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  return {1, value, redis.call('PTTL', KEYS[1])}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return {2}
+"""
+
+
+def test_control_without_the_lease_every_reader_loads(ada, monkeypatch):
+    # The store loads scripts by name on first use (a fresh store per test).
+    monkeypatch.setitem(store_module.SCRIPTS, "read", READ_WITHOUT_SINGLE_FLIGHT)
+    n = 5
+    # Every SELECT waits until all n readers have run theirs, so none can hit a
+    # fill made by another: exactly the stampede the lease prevents.
+    after_select = threading.Barrier(n)
+
+    def meet(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if sql.lstrip().upper().startswith("SELECT") and TABLE in sql:
+            after_select.wait(15)
+        return result
+
+    def read() -> Any:
+        with connection.execute_wrapper(meet):
+            return Author.objects.get(pk=ada.pk)
+
+    results, counter = stampede(read, n=n)
+    assert all(author.pk == ada.pk for author in results)
+    assert counter.count == n
+
+
+def test_concurrent_misses_by_unique_field_load_once(ada):
+    results, counter = stampede(lambda: Author.objects.get(email="ada@example.com"))
+    assert all(author.pk == ada.pk for author in results)
+    assert counter.count <= 2, f"{counter.count} SELECTs for one key"
+
+
+def test_concurrent_misses_of_a_missing_row_all_raise(ada, redis):
+    missing = ada.pk + 1000
+
+    def read() -> str:
+        try:
+            Author.objects.get(pk=missing)
+        except Author.DoesNotExist:
+            return "absent"
+        return "found"
+
+    results, _ = stampede(read, n=10)
+    assert results == ["absent"] * 10
+    settle()
+    assert redis.exists(keys_of(Author, missing).value, keys_of(Author, missing).lease) == 0
+
+
+LOCK_TIMEOUT = 1.0
+MARGIN = 1.0
+
+
+def test_a_dead_lease_holder_delays_readers_at_most_lock_timeout(ada, redis, django_assert_num_queries):
+    keys = keys_of(Author, ada.pk)
+    with cachepatterns(LOCK_TIMEOUT=LOCK_TIMEOUT):
+        # A holder took the lease and died before filling (it will never release it).
+        assert redis.set(keys.lease, "dead-holder", nx=True, px=int(LOCK_TIMEOUT * 1000))
+        start = time.monotonic()
+        with django_assert_num_queries(1):
+            author = Author.objects.get(pk=ada.pk)
+        elapsed = time.monotonic() - start
+
+    assert author.name == "Ada"
+    # It did wait for the holder (single flight), and not past the lease's lifetime.
+    assert LOCK_TIMEOUT * 0.7 <= elapsed <= LOCK_TIMEOUT + MARGIN, elapsed
+
+
+def test_many_readers_behind_a_dead_lease_holder_all_finish(ada, redis):
+    keys = keys_of(Author, ada.pk)
+    with cachepatterns(LOCK_TIMEOUT=LOCK_TIMEOUT):
+        assert redis.set(keys.lease, "dead-holder", nx=True, px=int(LOCK_TIMEOUT * 1000))
+        start = time.monotonic()
+
+        def read() -> tuple[Author, float]:
+            author = Author.objects.get(pk=ada.pk)
+            return author, time.monotonic() - start
+
+        results, _ = stampede(read, n=10)
+
+    for author, elapsed in results:
+        assert author.name == "Ada"
+        assert elapsed <= LOCK_TIMEOUT + MARGIN, elapsed
+
+
+def test_a_lease_that_never_expires_in_redis_still_lets_readers_through(ada, redis):
+    # A lease with no expiry at all (a foreign writer, a manual SET): readers bypass
+    # the cache after LOCK_TIMEOUT instead of blocking forever.
+    keys = keys_of(Author, ada.pk)
+    with cachepatterns(LOCK_TIMEOUT=LOCK_TIMEOUT):
+        redis.set(keys.lease, "stuck")
+        start = time.monotonic()
+        author = Author.objects.get(pk=ada.pk)
+        elapsed = time.monotonic() - start
+    assert author.name == "Ada"
+    assert LOCK_TIMEOUT * 0.7 <= elapsed <= LOCK_TIMEOUT + MARGIN, elapsed
+    assert redis.get(keys.lease) == b"stuck"  # a foreign lease is not ours to delete
+
+
+def test_a_loader_that_fails_gives_its_lease_back(ada, redis):
+    keys = keys_of(Author, ada.pk)
+
+    def fail(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.lstrip().upper().startswith("SELECT") and TABLE in sql:
+            raise OperationalError("database went away")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(fail), pytest.raises(OperationalError):
+        Author.objects.get(pk=ada.pk)
+    settle()
+    assert redis.exists(keys.lease) == 0  # released at once, not left to expire
+
+    # So the next reader does not wait for it (LOCK_TIMEOUT is 10 s here).
+    start = time.monotonic()
+    assert Author.objects.get(pk=ada.pk).name == "Ada"
+    assert time.monotonic() - start < 1.0
