@@ -74,6 +74,15 @@ class _Signature:
                     f"{', '.join(sorted(unknown))}, which the function does not take."
                 )
 
+    def with_defaults(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Return ``params`` completed with the function's default values."""
+        defaults = {
+            name: p.default
+            for name, p in self.signature.parameters.items()
+            if name != self.skip and p.default is not p.empty
+        }
+        return {**defaults, **params}
+
     def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
@@ -399,11 +408,11 @@ def cache_aside(
 
         def invalidate(**params: Any) -> None:
             """Forget the result cached for ``params`` (after commit, inside a transaction)."""
-            cached._forget(params)
+            cached._forget(cached.signature.with_defaults(params))
 
         def key_of(**params: Any) -> str:
-            """Return the logical key of the result for ``params``."""
-            return cached.key.format(params)
+            """Return the logical key of the result for ``params`` (defaults filled in)."""
+            return cached.key.format(cached.signature.with_defaults(params))
 
         wrapper.invalidate = invalidate  # type: ignore[attr-defined]
         wrapper.key = key_of  # type: ignore[attr-defined]

@@ -135,7 +135,10 @@ class InvalidatingQuerySet(models.QuerySet[M]):
             old = old_rows(models.QuerySet(self.model, using=db).filter(pk__in=pks))
             if cache is not None:
                 fields = cache.before_bulk_update(objs, fields)
-            count = super().bulk_update(objs, fields, batch_size=batch_size)
+            # A plain queryset: Django's bulk_update calls update(), which here would
+            # lock, read and invalidate the same rows a second time.
+            plain: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=db)
+            count = plain.bulk_update(objs, fields, batch_size=batch_size)
             if cache is not None:
                 cache.after_bulk_update(objs, db)
             rows_changed(self.model, db, pks, old=old, new=objs)

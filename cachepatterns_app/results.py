@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import FieldDoesNotExist
 from django.db.models import ForeignKey, Model, QuerySet
 
 from cachepatterns_app.codecs import row_codec
@@ -92,7 +93,7 @@ def decode_result(envelope: Any, db: str) -> Any:
             return _decode_instance(envelope["o"], models, db)
         if kind == "l":
             return [_decode_instance(item, models, db) for item in envelope["o"]]
-    except (KeyError, TypeError, IndexError, LookupError, ValueError) as e:
+    except (KeyError, TypeError, IndexError, LookupError, ValueError, AttributeError, FieldDoesNotExist) as e:
         raise SerializationError(f"Cached result is malformed: {e!r}") from e
     raise SerializationError(f"Cached result has unknown kind {kind!r}")
 
@@ -101,8 +102,12 @@ def _decode_instance(item: list[Any], models: list[type[Model]], db: str) -> Mod
     position, row, related = item
     model = models[position]
     obj = row_codec(model).decode(row, db)
+    if not isinstance(related, dict):
+        raise SerializationError("Cached result has a malformed related-objects part")
     for name, target in related.items():
         field = model._meta.get_field(name)
+        if not isinstance(field, ForeignKey):
+            raise SerializationError(f"Cached result names {name!r}, which is not a relation")
         value = None if target is None else _decode_instance(target, models, db)
         field.set_cached_value(obj, value)
     return obj

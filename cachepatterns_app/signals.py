@@ -94,6 +94,11 @@ def old_rows(queryset: models.QuerySet[Any]) -> list[Model]:
     model = queryset.model
     if not dependencies_of(model):
         return []
+    own: Any = queryset
+    if own._fields is not None or queryset.query.select_related or queryset.query.deferred_loading[0]:
+        # values(), select_related() or only() would clash with the only() below:
+        # select the same rows as plain model rows.
+        queryset = models.QuerySet(model, using=queryset.db).filter(pk__in=queryset.values("pk"))
     fields = _dependency_fields(model)
     if fields:
         queryset = queryset.only(*fields)
@@ -220,6 +225,47 @@ def _m2m_changed(
         rows_changed(model, using, [o.pk for o in others], new=others, rows=False)
 
 
+def _link_saved_or_deleted(sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
+    """
+    A row of a many-to-many table was written or deleted outside ``add()``/``remove()``:
+    deleting a linked row (which removes its links without ``m2m_changed``), or a
+    custom through model saved directly.
+    """
+    for field in sender._meta.concrete_fields:
+        if not isinstance(field, models.ForeignKey):
+            continue
+        model = field.related_model
+        if isinstance(model, type) and dependencies_of(model):
+            rows: list[Model] = list(
+                models.QuerySet(model, using=using).filter(pk=getattr(instance, field.attname))
+            )
+            rows_changed(model, using, [row.pk for row in rows], new=rows, rows=False)
+
+
+def _unlinking_handler(
+    model: type[Model], through: type[Model], to_other: str, to_model: str
+) -> Callable[..., None]:
+    """
+    Deleting a row at one end of a many-to-many relation removes its links with a
+    plain DELETE on the link table (Django sends no signal for auto-created link
+    tables): find the linked ``model`` rows before they are unlinked.
+    """
+
+    def handler(sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
+        if not dependencies_of(model):
+            return
+        pks = (
+            models.QuerySet(through, using=using)
+            .filter(**{to_other: instance.pk})
+            .values_list(to_model, flat=True)
+        )
+        rows: list[Model] = list(models.QuerySet(model, using=using).filter(pk__in=list(pks)))
+        if rows:
+            rows_changed(model, using, [row.pk for row in rows], new=rows, rows=False)
+
+    return handler
+
+
 def _linked_pks(through: type[Model], instance: Model, model: type[Model], using: str) -> set[Any]:
     source = target = None
     for field in through._meta.concrete_fields:
@@ -266,12 +312,32 @@ def connect_model(model: type[Model]) -> None:
             rel = relation if isinstance(relation, ManyToManyRel) else relation.remote_field
             through = getattr(rel, "through", None)
             if isinstance(through, type) and issubclass(through, Model):
-                signals.m2m_changed.connect(
-                    _m2m_changed,
-                    sender=through,
-                    weak=False,
-                    dispatch_uid=f"cachepatterns:m2m:{through._meta.label}",
-                )
+                uid = f"cachepatterns:m2m:{through._meta.label}"
+                signals.m2m_changed.connect(_m2m_changed, sender=through, weak=False, dispatch_uid=uid)
+                if not through._meta.auto_created:
+                    # A custom link model sends its own signals when saved or deleted.
+                    for signal in (signals.post_delete, signals.post_save):
+                        signal.connect(_link_saved_or_deleted, sender=through, weak=False, dispatch_uid=uid)
+                field = relation.field if isinstance(relation, ManyToManyRel) else relation
+                if isinstance(relation, ManyToManyRel):
+                    other, to_other, to_model = (
+                        relation.related_model,
+                        field.m2m_field_name(),
+                        field.m2m_reverse_field_name(),
+                    )
+                else:
+                    other, to_other, to_model = (
+                        field.related_model,
+                        field.m2m_reverse_field_name(),
+                        field.m2m_field_name(),
+                    )
+                if isinstance(other, type):
+                    signals.pre_delete.connect(
+                        _unlinking_handler(model, through, f"{to_other}_id", f"{to_model}_id"),
+                        sender=other,
+                        weak=False,
+                        dispatch_uid=f"{uid}:unlink:{model._meta.label}",
+                    )
     for field in model._meta.concrete_fields:
         if not isinstance(field, models.ForeignKey) or field.remote_field.on_delete in (
             models.CASCADE,
