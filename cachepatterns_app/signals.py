@@ -254,7 +254,7 @@ def _unlinking_handler(
     def handler(sender: type[Model], instance: Model, using: str, **kwargs: Any) -> None:
         if not dependencies_of(model):
             return
-        pks = (
+        pks: Any = (
             models.QuerySet(through, using=using)
             .filter(**{to_other: instance.pk})
             .values_list(to_model, flat=True)
