@@ -23,9 +23,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+PY_SOURCES := cachepatterns_app tests demo_project bench manage.py
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy cachepatterns_app
 
 bench: $(STAMP)
