@@ -24,7 +24,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from django.db import models
-from django.db.models import Field, Model
+from django.db.models import Field, Model, signals
+from django.db.models.base import ModelState
+from django.db.models.fields.files import FileDescriptor, ImageFileDescriptor
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
 
 from cachepatterns_app.exceptions import SerializationError
 from cachepatterns_app.keys import model_label
@@ -152,6 +156,7 @@ class RowCodec:
         digest = hashlib.sha256(f"{CODEC_VERSION}|{self.label}|{layout}".encode()).hexdigest()
         self.fingerprint = digest[:10]
         self._width = len(fields) + 1
+        self._plain_init: bool | None = None
 
     def deferred(self, instance: Model) -> bool:
         """Return whether ``instance`` lacks any concrete field (``only()``/``defer()``)."""
@@ -195,7 +200,39 @@ class RowCodec:
                     raise SerializationError(
                         f"Cached {self.label}.{self.attnames[index]} is corrupt: {e}"
                     ) from e
-        return self.model.from_db(db, self.attnames, row)
+        if self._plain_init is None:
+            self._plain_init = _plain_init(self.model)
+        if not self._plain_init:
+            return self.model.from_db(db, self.attnames, row)
+        # What from_db() -> __init__() would do for a full row, without the call
+        # overhead (checked equivalent for this model in _plain_init()).
+        instance = self.model.__new__(self.model)
+        state = ModelState()
+        state.adding = False
+        state.db = db
+        attrs = instance.__dict__
+        attrs["_state"] = state
+        attrs.update(zip(self.attnames, row, strict=True))
+        return instance
+
+
+_PLAIN_DESCRIPTORS = (DeferredAttribute, ForeignKeyDeferredAttribute, FileDescriptor, ImageFileDescriptor)
+
+
+def _plain_init(model: type[Model]) -> bool:
+    """
+    Return whether building ``model`` instances by filling ``__dict__`` is exactly
+    what ``Model.from_db`` does: no custom ``__init__``/``from_db``, no init signal
+    receivers, and only Django's own field descriptors, whose setters just store
+    the value on a new instance.
+    """
+    if model.__init__ is not Model.__init__ or model.from_db.__func__ is not Model.from_db.__func__:  # type: ignore[attr-defined]
+        return False
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        return False
+    return all(
+        type(getattr(model, f.attname, None)) in _PLAIN_DESCRIPTORS for f in model._meta.concrete_fields
+    )
 
 
 _codecs: dict[type[Model], RowCodec] = {}

@@ -66,6 +66,11 @@ class _Signature:
                 )
         self.skip = params[0].name if params and params[0].name in _SELF else None
         self.names = [p.name for p in params if p.name != self.skip]
+        self._all = [p.name for p in params]
+        self._defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        # Plain (positional-or-keyword) parameters are bound by hand: Signature.bind
+        # costs more than the rest of a cache hit's Python work.
+        self._simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
         for template in templates:
             unknown = set(template.fields) - set(self.names)
             if unknown:
@@ -84,6 +89,16 @@ class _Signature:
         return {**defaults, **params}
 
     def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self._simple and len(args) <= len(self._all):
+            out = dict(self._defaults)
+            out.update(zip(self._all, args, strict=False))
+            if kwargs and not (kwargs.keys() - self._all or kwargs.keys() & set(self._all[: len(args)])):
+                out.update(kwargs)
+                kwargs = {}
+            if not kwargs and len(out) == len(self._all):
+                if self.skip:
+                    del out[self.skip]
+                return out
         bound = self.signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = bound.arguments

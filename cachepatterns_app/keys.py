@@ -133,7 +133,9 @@ class RowKeys:
 
 def row_keys(label: str, pk: Any) -> RowKeys:
     """Return the keys of the row ``pk`` of the model labelled ``label``."""
-    base = _tagged(f"{label}:{normalise(key_text(pk, 'pk'))}")
+    # Integer primary keys are always safe text: skip the normalisation on the hit path.
+    part = str(pk) if type(pk) is int else normalise(key_text(pk, "pk"))
+    base = _tagged(f"{label}:{part}")
     return RowKeys(base, base + ":l", base + ":v")
 
 

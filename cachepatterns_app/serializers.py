@@ -40,6 +40,9 @@ class Serializer:
         raise NotImplementedError
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 class JSONSerializer(Serializer):
     """Compact JSON; the default."""
 
@@ -54,7 +57,8 @@ class JSONSerializer(Serializer):
 
     def loads(self, data: bytes) -> Any:
         try:
-            return json.loads(data)
+            # Decoding first skips json's encoding detection: payloads are always UTF-8.
+            return _decode_json(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             raise SerializationError(f"Payload is not valid JSON: {e}") from e
 

@@ -137,7 +137,19 @@ class Store:
 
     def script(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         """Run the Lua script ``lua/<name>.lua`` and return its reply."""
-        return self.guard(lambda: self._evalsha(name, keys, args))
+        breaker = self.breaker
+        if breaker.state != "closed" or self.armed:
+            return self.guard(lambda: self._evalsha(name, keys, args))
+        # The hit path: guard() inlined, since this runs on every cached read.
+        try:
+            result = self._evalsha(name, keys, args)
+        except _CONNECTION_ERRORS as e:
+            breaker.failure(e)
+            raise CacheUnavailable(f"Redis for cache {self.alias!r} is unreachable: {e}") from e
+        except redis_errors.RedisError as e:
+            raise CacheUnavailable(f"Redis for cache {self.alias!r} refused a command: {e}") from e
+        breaker.success()
+        return result
 
     def script_no_reply(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
         """Run a script whose reply is not needed, without waiting for it."""

@@ -11,19 +11,27 @@
 -- A reader's fill needs its lease to be current. Every write since the lease was
 -- taken voided it (puts, invalidations, tombstones all delete the lease), and every
 -- write before was visible to the reader's query, so a fill holding a current lease
--- is at least as new as anything committed: it may replace a tombstone (the row was
--- created again) or a version key left ahead by another database.
+-- is at least as new as anything committed: it may replace a version key left
+-- ahead by another database.
+--
+-- Nothing replaces a tombstone before it expires, not even such a fill: a row
+-- created again under the same primary key starts its versions afresh, so a late
+-- put from before the delete would look newer than it.
 local current = redis.call('GET', KEYS[3])
 if ARGV[5] ~= '' then
   if redis.call('GET', KEYS[2]) ~= ARGV[5] then
+    return 0
+  end
+  redis.call('DEL', KEYS[2])
+  if current == 'x' then
     return 0
   end
 else
   if current == 'x' or (current and tonumber(current) > tonumber(ARGV[1])) then
     return 0
   end
+  redis.call('DEL', KEYS[2])
 end
-redis.call('DEL', KEYS[2])
 if tonumber(ARGV[3]) > 0 then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else
