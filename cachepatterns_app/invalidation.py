@@ -26,7 +26,7 @@ from typing import Any
 
 from django.db import connections, transaction
 
-from cachepatterns_app import stats
+from cachepatterns_app import pending, stats
 from cachepatterns_app.exceptions import CacheUnavailable
 
 __all__ = [
@@ -164,6 +164,7 @@ def queue_for_retry(commands: dict[Command, str]) -> None:
         if _send_queued not in store.recovery_hooks:
             store.recovery_hooks.append(_send_queued)
         store.armed = True
+    pending.persist(commands)
     for label in commands.values():
         stats.record("invalidation_failed", label)
 
@@ -192,6 +193,7 @@ def _send_queued(client: Any) -> bool:
         for command in batch:
             _failed.pop(command, None)
         done = not _failed
+    pending.forget(batch)
     logger.warning("Sent %d invalidation(s) queued while Redis was unavailable", len(batch))
     for label in batch.values():
         stats.record("invalidation", label)
@@ -204,13 +206,27 @@ def pending_retries() -> int:
         return len(_failed)
 
 
-def retry_failed() -> int:
-    """Send the queued invalidations now if Redis answers; return how many remain queued."""
+def retry_failed(batch_size: int = 1000) -> int:
+    """
+    Send the invalidations this process queued, then those any process recorded in
+    the database; return how many are still recorded.
+    """
     from cachepatterns_app.store import get_store
 
-    if pending_retries():
-        try:
-            get_store().execute("PING")
-        except CacheUnavailable as e:
-            logger.info("Queued invalidations not sent yet: %s", e)
-    return pending_retries()
+    store = get_store()
+    try:
+        store.execute("PING")  # runs this process's recovery hook first, if armed
+        while True:
+            recorded = pending.load(batch_size)
+            if not recorded:
+                return 0
+            store.pipeline(recorded)
+            pending.forget(recorded)
+            for _, label in recorded.values():
+                stats.record("invalidation", label)
+            logger.warning("Sent %d recorded invalidation(s)", len(recorded))
+            if len(recorded) < batch_size:
+                return 0
+    except CacheUnavailable as e:
+        logger.info("Recorded invalidations not sent yet: %s", e)
+    return len(pending.load(batch_size))

@@ -1,14 +1,17 @@
 """
-The app's models. ``Stats`` has no table: it exists so that the admin has a page
-for cache statistics and a permission (``cachepatterns_app.view_cachestats``) to
-guard it.
+The app's models.
+
+``Stats`` has no table: it exists so that the admin has a page for cache
+statistics and a permission (``cachepatterns_app.view_cachestats``) to guard it.
+``PendingInvalidation`` is the durable copy of invalidations that could not reach
+Redis (see ``pending``).
 """
 
 from __future__ import annotations
 
 from django.db import models
 
-__all__ = ["Stats"]
+__all__ = ["PendingInvalidation", "Stats"]
 
 
 class Stats(models.Model):
@@ -23,3 +26,19 @@ class Stats(models.Model):
 
     def __str__(self) -> str:
         return "cache statistics"
+
+
+class PendingInvalidation(models.Model):
+    """An invalidation that could not reach Redis, kept until one is sent."""
+
+    digest = models.CharField(max_length=64, unique=True)
+    command = models.JSONField()
+    label = models.CharField(max_length=255)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_permissions = ("view", "delete")
+        verbose_name = "pending invalidation"
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.command}"

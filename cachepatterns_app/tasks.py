@@ -17,7 +17,10 @@ __all__ = ["retry_invalidations"]
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="cachepatterns.retry_invalidations", ignore_result=True)
+@shared_task(name="cachepatterns.retry_invalidations")
 def retry_invalidations() -> int:
-    """Send invalidations this worker queued while Redis was down; return how many remain."""
+    """
+    Send invalidations that could not reach Redis: this worker's own queue, then
+    every one recorded in the database by any process. Return how many remain.
+    """
     return invalidation.retry_failed()
