@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["embedded_dir", "redis_server_binary", "redis_url", "stop"]
+__all__ = ["celery_url", "embedded_dir", "redis_server_binary", "redis_url", "stop"]
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DEFAULT = ("127.0.0.1", 6379)
@@ -110,6 +111,15 @@ def redis_url(db: int = 0) -> str:
     if url != "embedded" and _answers(LOCAL_DEFAULT):
         return f"redis://127.0.0.1:6379/{db}"
     return f"unix://{_start_embedded()}?db={db}"
+
+
+def celery_url(url: str) -> str:
+    """Return ``url`` as Celery (kombu) spells it: Unix sockets are ``redis+socket://``."""
+    if not url.startswith("unix://"):
+        return url
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", ["0"])[0]
+    return f"redis+socket://{parts.path}?virtual_host={db}"
 
 
 def stop() -> None:

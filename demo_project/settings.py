@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import dj_database_url
 
-from demo_project.embedded import redis_url
+from demo_project.embedded import celery_url, redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -111,16 +110,7 @@ CACHEPATTERNS = {
 }
 
 
-def _broker_url(url: str) -> str:
-    """Return ``url`` in the form kombu expects (it spells Unix sockets ``redis+socket://``)."""
-    if not url.startswith("unix://"):
-        return url
-    parts = urlsplit(url)
-    db = parse_qs(parts.query).get("db", ["0"])[0]
-    return f"redis+socket://{parts.path}?virtual_host={db}"
-
-
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", _broker_url(REDIS_URL))
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", celery_url(REDIS_URL))
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TIMEZONE = "UTC"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 
-from demo_project.embedded import redis_url
+from demo_project.embedded import celery_url, redis_url
 
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = "tests-only-not-secret"
@@ -83,8 +83,8 @@ CACHEPATTERNS = {"KEY_PREFIX": "cpt", "DEFAULT_TTL": 300}
 
 # The broker shares the test Redis database: the suite only ever deletes keys under
 # KEY_PREFIX, never the whole database, so queues survive between tests.
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", REDIS_URL)
-CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", celery_url(REDIS_URL))
+CELERY_RESULT_BACKEND = celery_url(REDIS_URL)
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CP_CELERY_QUEUE", "cachepatterns-tests")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
