@@ -113,9 +113,12 @@ class InvalidatingQuerySet(models.QuerySet[M]):
                     if f.unique and getattr(obj, f.attname) is not None:
                         match |= Q(**{f.attname: getattr(obj, f.attname)})
         base: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=db).filter(match)
+        cache = row_cache_for(self.model)
         with transaction.atomic(using=db, savepoint=False):
             old = old_rows(base)
             created = super().bulk_create(objs, *args, **kwargs)
+            if cache is not None:
+                cache.after_upsert(base)
             pks = list(base.values_list("pk", flat=True))
             rows_changed(self.model, db, pks, old=old, new=created)
         return created

@@ -430,6 +430,9 @@ class RowCache:
         """Return the after-commit (commands, callback) for a saved instance."""
         return self.invalidation([instance.pk]), None
 
+    def after_upsert(self, queryset: models.QuerySet[Any, Any]) -> None:
+        """Hook run inside the transaction after an upsert rewrote ``queryset``'s rows."""
+
     def update_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Return the keyword arguments ``QuerySet.update()`` should really use."""
         return kwargs

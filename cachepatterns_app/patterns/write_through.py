@@ -55,6 +55,9 @@ class _NextVersion(Expression):
 
     contains_aggregate = False
     contains_over_clause = False
+    # It reads the column: Django must refuse it in an INSERT (a save() of a row that
+    # was deleted meanwhile), as it refuses F() there.
+    contains_column_references = True
 
     def __init__(self, column: str, output_field: Field[Any, Any]) -> None:
         super().__init__(output_field=output_field)
@@ -211,9 +214,24 @@ class WriteThroughRowCache(RowCache):
                 return [], lambda: self._put([(keys, command)])
         return [], lambda: self._reread_and_put([pk], using, instance if version is None else None)
 
+    def bulk_written(self, pks: Sequence[Any], using: str) -> Any:
+        """
+        After commit of ``update()``/``bulk_update()``/``bulk_create()``: put the rows as
+        they now are. Deleting their keys alone is not enough: the version key would
+        keep the older version, and a put from an earlier save still on its way would
+        then be accepted.
+        """
+        pks = list(pks)
+        return (lambda: self._reread_and_put(pks, using)) if pks else None
+
     def _reread_and_put(self, pks: Sequence[Any], using: str, instance: Model | None = None) -> None:
         """After commit: read the rows (each with its version) and put them."""
-        rows: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk__in=list(pks))
+        pks = list(pks)
+        for start in range(0, len(pks), 1000):
+            self._reread_chunk(pks[start : start + 1000], using, instance)
+
+    def _reread_chunk(self, pks: Sequence[Any], using: str, instance: Model | None) -> None:
+        rows: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk__in=pks)
         puts = []
         for row in rows:
             if instance is not None and row.pk == instance.pk:
@@ -246,6 +264,11 @@ class WriteThroughRowCache(RowCache):
             stats.record("stale_refused", self.label, len(puts) - stored)
 
     # -- bulk paths ----------------------------------------------------------------
+
+    def after_upsert(self, queryset: models.QuerySet[Any, Any]) -> None:
+        """``bulk_create(update_conflicts=True)`` rewrote these rows: give them new versions."""
+        field = self.version
+        queryset.update(**{field.attname: F(field.attname) + 1})
 
     def update_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         field = self.version

@@ -1,0 +1,271 @@
+"""
+Write-through when Redis fails at put time (issue 4): the database commit stands,
+nothing raises, and the key is invalidated as soon as Redis answers again — before
+any other call can read the old value — counted and logged.
+
+Each test runs its own ``redis-server`` on a free loopback port and freezes it with
+SIGSTOP: a hung Redis, the worst case (connections are accepted, nothing answers,
+each call costs the socket timeout). The server is killed when the test ends,
+whatever happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from django.db import connection, models, transaction
+from django.test import override_settings
+
+from cachepatterns_app import cache_aside, invalidation, write_through
+from cachepatterns_app.keys import model_label, plain_keys
+from cachepatterns_app.models import PendingInvalidation
+from cachepatterns_app.registry import row_cache_for
+from cachepatterns_app.store import get_store
+from tests.support import PrivateRedis, SelectCounter, cachepatterns, keys_of, private_redis, settle
+from tests.testapp.models import Profile
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+LABEL = model_label(Profile)
+SOCKET_TIMEOUT = 0.5
+COOLDOWN = 0.5
+
+
+@pytest.fixture
+def server() -> Iterator[PrivateRedis]:
+    """A private Redis the app uses, with a short socket timeout and breaker cooldown."""
+    with (
+        private_redis() as redis_server,
+        override_settings(CACHES=redis_server.caches(SOCKET_TIMEOUT)),
+        cachepatterns(CIRCUIT_BREAKER={"THRESHOLD": 1, "COOLDOWN": COOLDOWN}),
+    ):
+        yield redis_server
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="cachepatterns_app")
+    return caplog
+
+
+def cached(server: PrivateRedis, pk: Any) -> Profile | None:
+    raw = cast("bytes | None", server.client.get(keys_of(Profile, pk).value))
+    if raw is None:
+        return None
+    cache = row_cache_for(Profile)
+    assert cache is not None
+    return cast(Profile, cache.decode(raw, "default"))
+
+
+def orm() -> models.QuerySet[Profile]:
+    """Return a plain QuerySet of profiles: the database, never the cache."""
+    return models.QuerySet(Profile)
+
+
+def existing(pk: Any) -> Profile:
+    """Return row ``pk`` from the database; it must exist."""
+    found = db_row(pk)
+    assert found is not None, f"row {pk} is not in the database"
+    return found
+
+
+def cached_entry(server: Any, pk: Any) -> Profile:
+    """Return the row cached for ``pk``; it must be cached."""
+    entry = cached(server, pk)
+    assert entry is not None, f"row {pk} is not cached"
+    return entry
+
+
+def db_row(pk: Any) -> Profile | None:
+    return orm().filter(pk=pk).first()
+
+
+def state(profile: Profile) -> tuple[Any, ...]:
+    return (profile.pk, profile.handle, profile.name, profile.score, profile.version)
+
+
+def cached_profile(server: PrivateRedis) -> Profile:
+    """Create a profile; its write-through put caches it in ``server``."""
+    profile: Profile = Profile.objects.create(handle="fault", name="old")
+    entry = cached(server, profile.pk)
+    assert entry is not None
+    assert entry.name == "old"
+    return profile
+
+
+@contextlib.contextmanager
+def profile_selects() -> Iterator[SelectCounter]:
+    """
+    Count the SELECTs on the profile table (a miss costs one, a hit none).
+
+    Other queries (the durable record of a queued invalidation being deleted on
+    recovery) are not what tells a hit from a miss.
+    """
+    counter = SelectCounter(Profile._meta.db_table)
+    with connection.execute_wrapper(counter):
+        yield counter
+
+
+def after_cooldown() -> None:
+    time.sleep(COOLDOWN + 0.15)
+
+
+def timed(fn: Any) -> float:
+    started = time.monotonic()
+    fn()
+    return time.monotonic() - started
+
+
+def save_new(profile: Profile, in_transaction: bool) -> None:
+    profile.name = "new"
+    if in_transaction:
+        with transaction.atomic():
+            profile.save()
+    else:
+        profile.save()
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "atomic"])
+def test_redis_hung_at_put_time_the_commit_stands_and_recovery_invalidates_first(
+    server, logs, counts, django_assert_num_queries, in_transaction
+):
+    profile = cached_profile(server)
+    puts_before = counts(LABEL).get("put", 0)
+
+    server.pause()
+    try:
+        elapsed = timed(lambda: save_new(profile, in_transaction))  # must not raise
+    finally:
+        server.resume()
+
+    assert elapsed < SOCKET_TIMEOUT + 1.5, f"the save hung for {elapsed:.2f}s"
+    row = existing(profile.pk)
+    assert (row.name, row.version) == ("new", 1)  # the commit stands
+    assert counts(LABEL).get("invalidation_failed") == 1
+    assert counts(LABEL).get("put", 0) == puts_before
+    assert invalidation.pending_retries() == 1
+    assert PendingInvalidation.objects.count() == 1  # the durable copy, for other processes
+    assert any(
+        r.levelno == logging.ERROR
+        and "put failed" in r.getMessage()
+        and "invalidated on recovery" in r.getMessage()
+        for r in logs.records
+    ), logs.text
+
+    # The breaker is open: a read now answers from the database, without waiting.
+    with profile_selects() as selects:
+        assert timed(lambda: Profile.objects.get(pk=profile.pk)) < 0.2
+    assert selects.count == 1
+
+    after_cooldown()
+    # The first call once Redis answers sends the queued invalidation before the read,
+    # so the read misses (one SELECT) — whatever the hung put left — and gets the new row.
+    with profile_selects() as selects:
+        got = Profile.objects.get(pk=profile.pk)
+    assert selects.count == 1
+    assert state(got) == state(row)
+    assert invalidation.pending_retries() == 0
+    assert PendingInvalidation.objects.count() == 0
+    assert counts(LABEL).get("invalidation", 0) >= 1
+    assert "Sent 1 invalidation(s) queued while Redis was unavailable" in logs.text
+    assert server.command_calls().get("del", 0) >= 1
+
+    settle()
+    entry = cached(server, profile.pk)
+    assert entry is not None
+    assert state(entry) == state(row)
+    with django_assert_num_queries(0):
+        assert state(Profile.objects.get(pk=profile.pk)) == state(row)
+
+
+def test_a_put_while_the_breaker_is_open_fails_fast_and_is_retried(
+    server, logs, counts, django_assert_num_queries
+):
+    profile = cached_profile(server)
+    server.pause()
+    try:
+        Profile.objects.get(pk=profile.pk)  # pays the timeout once, opens the breaker
+        assert get_store().breaker.state == "open"
+        elapsed = timed(lambda: save_new(profile, in_transaction=False))
+    finally:
+        server.resume()
+
+    assert elapsed < 0.3, f"the save waited {elapsed:.2f}s although the breaker was open"
+    assert existing(profile.pk).name == "new"
+    assert counts(LABEL).get("invalidation_failed") == 1
+    assert invalidation.pending_retries() == 1
+
+    after_cooldown()
+    with profile_selects() as selects:
+        assert Profile.objects.get(pk=profile.pk).name == "new"
+    assert selects.count == 1
+    assert invalidation.pending_retries() == 0
+
+
+def test_a_delete_while_redis_is_hung_tombstones_on_recovery(server, counts):
+    profile = cached_profile(server)
+    pk = profile.pk
+    server.pause()
+    try:
+        profile.delete()  # must not raise
+    finally:
+        server.resume()
+
+    assert db_row(pk) is None
+    assert counts(LABEL).get("invalidation_failed") == 1
+    assert invalidation.pending_retries() == 1
+
+    after_cooldown()
+    with pytest.raises(Profile.DoesNotExist):
+        Profile.objects.get(pk=pk)
+    assert invalidation.pending_retries() == 0
+    keys = keys_of(Profile, pk)
+    assert server.client.get(keys.value) is None
+    assert server.client.get(keys.version) == b"x"
+
+
+@write_through(key="fault-profile:{handle}")
+def rename(handle: str, name: str) -> Profile:
+    profile = orm().get(handle=handle)
+    profile.name = name
+    profile.save()
+    return profile
+
+
+@cache_aside(key="fault-profile:{handle}")
+def profile_of(handle: str) -> Profile:
+    return orm().get(handle=handle)
+
+
+def test_write_through_decorator_put_while_redis_is_hung_is_invalidated_on_recovery(
+    server, logs, counts, django_assert_num_queries
+):
+    cached_profile(server)
+    assert profile_of("fault").name == "old"
+    settle()
+    assert server.client.exists(plain_keys("fault-profile:fault").value) == 1
+
+    server.pause()
+    try:
+        returned = rename("fault", "new")  # must not raise
+    finally:
+        server.resume()
+
+    assert returned.name == "new"
+    assert existing(returned.pk).name == "new"
+    assert counts("fault-profile:{handle}").get("invalidation_failed") == 1
+    assert "write_through put of fault-profile:fault failed" in logs.text
+
+    after_cooldown()
+    with profile_selects() as selects:
+        assert profile_of("fault").name == "new"
+    assert selects.count == 1
+    assert invalidation.pending_retries() == 0
+    settle()
+    with django_assert_num_queries(0):
+        assert profile_of("fault").name == "new"
