@@ -30,11 +30,11 @@ def invalidate(target: Model | type[Model], *pks: Any, using: str | None = None)
     if isinstance(target, Model):
         model = type(target)
         db = using or target._state.db or router.db_for_write(model)
-        rows_changed(model, db, [target.pk, *pks], new=[target])
+        rows_changed(model, db, [target.pk, *pks], new=[target], refresh=False)
         return
     if not pks:
         raise TypeError("invalidate(Model, *pks) needs at least one primary key.")
-    rows_changed(target, using or router.db_for_write(target), list(pks))
+    rows_changed(target, using or router.db_for_write(target), list(pks), refresh=False)
 
 
 def invalidate_family(template: str, *, using: str | None = None, **params: Any) -> None:

@@ -45,12 +45,14 @@ def rows_changed(
     saved: Model | None = None,
     update_fields: Any = None,
     rows: bool = True,
+    refresh: bool = True,
 ) -> None:
     """
     Schedule everything that rows ``pks`` of ``model`` changing invalidates.
 
     ``rows=False`` leaves the rows' own keys alone (a many-to-many change alters
-    what depends on a row, not the row).
+    what depends on a row, not the row); ``refresh=False`` only drops them, where a
+    write-through cache would otherwise put the rows back.
     """
     commands: list[tuple[Command, str]] = []
     callback: Callable[[], None] | None = None
@@ -65,7 +67,7 @@ def rows_changed(
             commands.extend(more)
         else:
             commands.extend(cache.invalidation(pks))
-            if klass is model:
+            if klass is model and refresh:
                 callback = cache.bulk_written(pks, using)
     dependencies = dependencies_of(model)
     if dependencies:
