@@ -344,4 +344,4 @@ class Command(BaseCommand):
             self.say(
                 f"scenario: {hits} hits, {misses} misses, hit ratio {100 * hits / (hits + misses):.0f} %"
             )
-        self.say("All processes: the /stats/ page, `manage.py cachepatterns_stats` or the admin page.")
+        self.say("All processes: the demo's /stats/ page or `manage.py cachepatterns_stats`.")
