@@ -16,32 +16,38 @@ is stored under its key, so the next read is a hit with the new value.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 
 from cachepatterns_app import stats
+from cachepatterns_app.arguments import KeyTarget, Signature, default_key, dependency_params
 from cachepatterns_app.conf import get_settings
-from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError, SerializationError
+from cachepatterns_app.exceptions import (
+    CacheUnavailable,
+    ConfigurationError,
+    SerializationError,
+    ValueTooLarge,
+)
 from cachepatterns_app.families import Family
-from cachepatterns_app.invalidation import Command, after_commit, has_pending_writes, queue_for_retry
-from cachepatterns_app.keys import KeyTemplate, plain_keys
+from cachepatterns_app.invalidation import after_commit, has_pending_writes, queue_for_retry
+from cachepatterns_app.keys import KeyTemplate
 from cachepatterns_app.patterns.cache_aside import (
     LEASED,
     UNSET,
     await_turn,
+    companion_ttl_ms,
     fill_allowed,
     lease_lifetime_ms,
     ttl_ms,
 )
 from cachepatterns_app.registry import Dependency, register_dependency, row_cache_for
-from cachepatterns_app.results import decode_result, encode_result, materialise
-from cachepatterns_app.serializers import get_serializer
-from cachepatterns_app.store import SCRIPTS, get_store, new_token
+from cachepatterns_app.results import dumps_result, loads_result, materialise
+from cachepatterns_app.slots import FamilySlot, PlainSlot, Slot
+from cachepatterns_app.store import get_store, new_token
 
 __all__ = ["cache_aside", "write_through"]
 
@@ -49,71 +55,44 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_SELF = ("self", "cls")
+#: Family members always expire: old generations are only ever reclaimed by expiry.
+FAMILY_TTL_WITHOUT_DEFAULT = 86400
 
 
-class _Signature:
-    """Turn a call's arguments into key parameters, validated against the templates."""
-
-    def __init__(self, fn: Callable[..., Any], templates: Iterable[KeyTemplate]) -> None:
-        self.signature = inspect.signature(fn)
-        params = list(self.signature.parameters.values())
-        for p in params:
-            if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                raise ConfigurationError(
-                    f"{fn.__qualname__}: cannot build cache keys from *{p.name}; give the "
-                    "function explicit parameters."
-                )
-        self.skip = params[0].name if params and params[0].name in _SELF else None
-        self.names = [p.name for p in params if p.name != self.skip]
-        self._all = [p.name for p in params]
-        self._defaults = {p.name: p.default for p in params if p.default is not p.empty}
-        # Plain (positional-or-keyword) parameters are bound by hand: Signature.bind
-        # costs more than the rest of a cache hit's Python work.
-        self._simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
-        for template in templates:
-            unknown = set(template.fields) - set(self.names)
-            if unknown:
-                raise ConfigurationError(
-                    f"{fn.__qualname__}: template {template.template!r} names "
-                    f"{', '.join(sorted(unknown))}, which the function does not take."
-                )
-
-    def with_defaults(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Return ``params`` completed with the function's default values."""
-        defaults = {
-            name: p.default
-            for name, p in self.signature.parameters.items()
-            if name != self.skip and p.default is not p.empty
-        }
-        return {**defaults, **params}
-
-    def params(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        if self._simple and len(args) <= len(self._all):
-            out = dict(self._defaults)
-            out.update(zip(self._all, args, strict=False))
-            if kwargs and not (kwargs.keys() - self._all or kwargs.keys() & set(self._all[: len(args)])):
-                out.update(kwargs)
-                kwargs = {}
-            if not kwargs and len(out) == len(self._all):
-                if self.skip:
-                    del out[self.skip]
-                return out
-        bound = self.signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = bound.arguments
-        if self.skip:
-            arguments = {k: v for k, v in arguments.items() if k != self.skip}
-        return dict(arguments)
-
-
-def _default_key(fn: Callable[..., Any], names: list[str]) -> str:
-    parts = [f"{fn.__module__}.{fn.__qualname__}"] + [f"{name}:{{{name}}}" for name in names]
-    return ":".join(parts)
-
-
-def _read_db_aliases() -> list[str]:
+def _open_connections() -> list[str]:
     return [c.alias for c in connections.all(initialized_only=True)] or [DEFAULT_DB_ALIAS]
+
+
+class Target:
+    """Where one decorated function stores its results: a key template, maybe in a family."""
+
+    def __init__(self, fn: Callable[..., Any], key: str | None, family: str | None, ttl: Any) -> None:
+        names = Signature(fn, []).names
+        self.key = KeyTemplate(key or default_key(fn, names))
+        self.family = Family(family) if family else None
+        if self.family is not None and ttl is None:
+            raise ConfigurationError(
+                f"{fn.__qualname__}: a family member needs a TTL (old generations are only "
+                "reclaimed by expiry); give ttl= in seconds."
+            )
+        self.signature = Signature(fn, [self.key] + ([self.family.template] if self.family else []))
+        self._ttl = ttl
+        self.label = self.key.template
+
+    @property
+    def ttl(self) -> int | None:
+        ttl = get_settings().DEFAULT_TTL if self._ttl is UNSET else self._ttl
+        if ttl is None and self.family is not None:
+            return FAMILY_TTL_WITHOUT_DEFAULT
+        return ttl  # type: ignore[no-any-return]
+
+    def slot(self, params: dict[str, Any]) -> Slot:
+        """Return the Redis home of the result for ``params``."""
+        member = self.key.format(params)
+        if self.family is None:
+            return PlainSlot(member)
+        ttl = self.ttl
+        return FamilySlot(self.family, params, member, companion_ttl_ms(int(ttl * 1000) if ttl else 0))
 
 
 class CachedFunction:
@@ -123,83 +102,61 @@ class CachedFunction:
         self,
         fn: Callable[..., Any],
         key: str | None,
-        ttl: int | None,
+        ttl: Any,
         family: str | None,
         depends_on: Mapping[type[Model], Any] | None,
     ) -> None:
         self.fn = fn
-        self.family = Family(family) if family else None
-        probe = _Signature(fn, [])
-        self.key = KeyTemplate(key or _default_key(fn, probe.names))
-        templates = [self.key] + ([self.family.template] if self.family else [])
-        self.signature = _Signature(fn, templates)
-        missing = set(self.signature.names) - set(self.key.fields)
+        self.target = Target(fn, key, family, ttl)
+        self.signature = self.target.signature
+        missing = set(self.signature.names) - set(self.target.key.fields)
         if missing:
             raise ConfigurationError(
-                f"{fn.__qualname__}: key {self.key.template!r} leaves out "
+                f"{fn.__qualname__}: key {self.target.key.template!r} leaves out "
                 f"{', '.join(sorted(missing))}; calls that differ only in those would share "
                 "a cached result. Add them to the key."
             )
-        self.label = self.key.template
+        self.label = self.target.label
+        family_ = self.target.family
+        depends_target: Family | KeyTarget = family_ if family_ is not None else KeyTarget(self.target.key)
         #: The label under which writes of ``depends_on`` rows are recorded.
-        self.dependency_label = self.family.label if self.family else self.key.template
-        self._ttl = ttl
+        self.dependency_label = depends_target.label
         for model, spec in (depends_on or {}).items():
-            target: Family | _KeyTarget = self.family if self.family else _KeyTarget(self.key)
-            params, fields = _dependency(fn, model, spec, target)
-            register_dependency(Dependency(model, target, params, fields))
-
-    @property
-    def ttl(self) -> int | None:
-        return get_settings().DEFAULT_TTL if self._ttl is UNSET else self._ttl
+            params, fields = dependency_params(fn, model, spec, depends_target)
+            register_dependency(Dependency(model, depends_target, params, fields))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         params = self.signature.params(args, kwargs)
-        member = self.key.format(params)
-        if any(has_pending_writes(alias, self.dependency_label) for alias in _read_db_aliases()):
+        slot = self.target.slot(params)
+        if any(has_pending_writes(alias, self.dependency_label) for alias in _open_connections()):
             # This transaction changed rows the result depends on: show it its writes.
             stats.record("bypass", self.label)
             return self._compute(args, kwargs)
         store = get_store()
         token = new_token()
         lease_ms = lease_lifetime_ms()
-        if self.family is not None:
-            fkeys = self.family.keys(params)
-            gen_ttl = self._generation_ttl()
-
-            def read() -> Any:
-                reply = store.script(
-                    "family_read", (fkeys.generation,), (fkeys.base, member, token, lease_ms, gen_ttl)
-                )
-                # family_read answers [state, generation, value?, pttl?]; normalise to read.lua's shape.
-                return [reply[0], *reply[2:], reply[1]]
-
-        else:
-            pkeys = plain_keys(member)
-
-            def read() -> Any:
-                return store.script("read", (pkeys.value, pkeys.lease), (token, lease_ms))
-
+        corrupt = 0
         while True:
             try:
-                reply = await_turn(read, self.label)
-            except CacheUnavailable as e:
+                reply = await_turn(lambda: slot.read(store, token, lease_ms), self.label)
+            except CacheUnavailable:
                 stats.record("degraded", self.label)
                 if not get_settings().DEGRADE_ON_FAILURE:
                     raise
-                logger.debug("Cache unavailable for %s: %s", member, e)
                 return self._compute(args, kwargs)
             if reply is None:
                 stats.record("bypass", self.label)
                 return self._compute(args, kwargs)
             if reply[0] == LEASED:
-                return self._load_and_fill(args, kwargs, member, params, token, reply[-1])
+                return self._load_and_fill(args, kwargs, slot, token, reply[-1])
             try:
-                value = self._decode(reply[1])
+                value = loads_result(reply[1])
             except SerializationError as e:
-                logger.warning("Discarding unreadable cached result %s: %s", member, e)
+                logger.warning("Discarding unreadable cached result of %s: %s", self.fn.__qualname__, e)
                 stats.record("corrupt", self.label)
-                self._forget(params, now=True)
+                corrupt += 1
+                if corrupt > 1 or not self._forget_now(slot):
+                    return self._compute(args, kwargs)
                 continue
             stats.record("hit", self.label)
             return value
@@ -207,194 +164,53 @@ class CachedFunction:
     def _compute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return materialise(self.fn(*args, **kwargs))
 
-    def _generation_ttl(self) -> int:
-        ttl = self.ttl
-        return 2 * int(ttl * 1000) + lease_lifetime_ms() if ttl else 0
-
     def _load_and_fill(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        member: str,
-        params: dict[str, Any],
-        token: str,
-        generation: Any,
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], slot: Slot, token: str, generation: Any
     ) -> Any:
         stats.record("miss", self.label)
-        allowed = all(fill_allowed(alias) for alias in _read_db_aliases())
+        allowed = all(fill_allowed(alias) for alias in _open_connections())
+        store = get_store()
         try:
             value = self._compute(args, kwargs)
         except BaseException:
-            self._release(params, member, token, generation)
+            store.send_no_reply([slot.release(token, generation)])
             raise
         payload = self._encode(value) if allowed else None
         if payload is None:
-            self._release(params, member, token, generation)
+            store.send_no_reply([slot.release(token, generation)])
             if not allowed:
                 stats.record("bypass", self.label)
             return value
-        ttl = ttl_ms(self.ttl)
-        if self.family is not None:
-            fkeys = self.family.keys(params)
-            command: tuple[Any, ...] = (
-                "EVAL",
-                SCRIPTS["family_fill"],
-                1,
-                fkeys.generation,
-                fkeys.base,
-                member,
-                generation,
-                token,
-                payload,
-                ttl,
-                self._generation_ttl(),
-            )
-        else:
-            pkeys = plain_keys(member)
-            command = ("EVAL", SCRIPTS["fill"], 2, pkeys.value, pkeys.lease, token, payload, ttl)
-        get_store().send_no_reply([command])
+        store.send_no_reply([slot.fill(token, generation, payload, ttl_ms(self.target.ttl))])
         stats.record("fill", self.label)
         # What a miss returns must equal what the hits after it return.
-        return self._decode(payload) if _plain(value) else value
-
-    def _release(self, params: dict[str, Any], member: str, token: str, generation: Any) -> None:
-        if self.family is not None:
-            fkeys = self.family.keys(params)
-            command: tuple[Any, ...] = (
-                "EVAL",
-                SCRIPTS["family_release"],
-                1,
-                fkeys.generation,
-                fkeys.base,
-                member,
-                generation,
-                token,
-            )
-        else:
-            command = ("EVAL", SCRIPTS["release"], 1, plain_keys(member).lease, token)
-        get_store().send_no_reply([command])
+        return loads_result(payload) if _plain(value) else value
 
     def _encode(self, value: Any) -> bytes | None:
-        settings = get_settings()
         try:
-            envelope = encode_result(value)
-            envelope["d"] = _db_of(value)
-            payload = get_serializer(settings.SERIALIZER).dumps(envelope)
+            return dumps_result(value)
         except SerializationError as e:
             logger.warning("Not caching the result of %s: %s", self.fn.__qualname__, e)
-            stats.record("error", self.label)
+            stats.record("too_large" if isinstance(e, ValueTooLarge) else "error", self.label)
             return None
-        if settings.MAX_VALUE_BYTES and len(payload) > settings.MAX_VALUE_BYTES:
-            logger.warning(
-                "Not caching the result of %s: %d bytes is over MAX_VALUE_BYTES",
-                self.fn.__qualname__,
-                len(payload),
-            )
-            stats.record("too_large", self.label)
-            return None
-        return payload
 
-    def _decode(self, payload: bytes) -> Any:
-        envelope = get_serializer(get_settings().SERIALIZER).loads(payload)
-        if not isinstance(envelope, dict):
-            raise SerializationError("Cached result is not an envelope")
-        return decode_result(envelope, envelope.get("d") or DEFAULT_DB_ALIAS)
+    def _forget_now(self, slot: Slot) -> bool:
+        try:
+            get_store().pipeline([slot.forget()])
+        except CacheUnavailable:
+            queue_for_retry({slot.forget(): self.label})
+            return False
+        return True
 
-    # -- invalidation -------------------------------------------------------------------
-
-    def invalidation(self, params: Mapping[str, Any]) -> tuple[Command, str]:
-        """Return the command that forgets the result cached for ``params``."""
-        member = self.key.format(params)
-        if self.family is not None:
-            fkeys = self.family.keys(params)
-            return ("SCRIPT", "family_forget", (fkeys.generation,), (fkeys.base, member)), self.label
-        pkeys = plain_keys(member)
-        return ("DEL", pkeys.value, pkeys.lease), self.label
-
-    def _forget(self, params: Mapping[str, Any], *, now: bool = False) -> None:
-        command, label = self.invalidation(params)
-        if now:
-            try:
-                get_store().pipeline([command])
-            except CacheUnavailable:
-                queue_for_retry({command: label})
-            return
-        after_commit([(command, label)], DEFAULT_DB_ALIAS)
+    def forget(self, params: Mapping[str, Any], using: str) -> None:
+        """Forget the result cached for ``params`` once ``using`` commits."""
+        slot = self.target.slot(self.signature.with_defaults(params))
+        after_commit([(slot.forget(), self.label)], using)
 
 
 def _plain(value: Any) -> bool:
     return not isinstance(value, Model) and not (
         isinstance(value, list) and value and isinstance(value[0], Model)
-    )
-
-
-def _db_of(value: Any) -> str | None:
-    first = value[0] if isinstance(value, list) and value else value
-    return first._state.db if isinstance(first, Model) else None
-
-
-class _KeyTarget:
-    """A single key (no family) as the target of ``depends_on``."""
-
-    def __init__(self, key: KeyTemplate) -> None:
-        self.template = key
-        self.label = key.template
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return self.template.fields
-
-    def bump(self, params: Mapping[str, Any]) -> tuple[Command, str]:
-        keys = plain_keys(self.template.format(params))
-        return ("DEL", keys.value, keys.lease), self.label
-
-
-def _dependency(
-    fn: Callable[..., Any], model: type[Model], spec: Any, target: Family | _KeyTarget
-) -> tuple[Callable[[Model], list[dict[str, Any]]], tuple[str, ...]]:
-    """Return (row -> list of params, fields read) for one ``depends_on`` entry."""
-    where = f"{fn.__qualname__}: depends_on[{model.__name__}]"
-    if not (isinstance(model, type) and issubclass(model, Model)):
-        raise ConfigurationError(f"{fn.__qualname__}: depends_on keys must be model classes, not {model!r}.")
-    if isinstance(spec, str):
-        if len(target.fields) != 1:
-            raise ConfigurationError(
-                f"{where} = {spec!r} names one attribute, but {target.label!r} has "
-                f"{len(target.fields)} parameters; use a dict {{param: attribute}} or a callable."
-            )
-        spec = {target.fields[0]: spec}
-    if isinstance(spec, Mapping):
-        attrs: dict[str, str] = {}
-        for param, attribute in spec.items():
-            if param not in target.fields:
-                raise ConfigurationError(f"{where}: {target.label!r} has no parameter {param!r}.")
-            try:
-                field = model._meta.get_field(attribute)
-            except Exception as e:
-                raise ConfigurationError(f"{where}: {model.__name__} has no field {attribute!r}.") from e
-            attrs[param] = str(getattr(field, "attname", None) or attribute)
-        missing = set(target.fields) - set(attrs)
-        if missing:
-            raise ConfigurationError(f"{where}: no attribute given for {', '.join(sorted(missing))}.")
-
-        def from_attributes(row: Model) -> list[dict[str, Any]]:
-            return [{param: getattr(row, attname) for param, attname in attrs.items()}]
-
-        return from_attributes, tuple(attrs.values())
-    if callable(spec):
-
-        def from_callable(row: Model) -> list[dict[str, Any]]:
-            out = spec(row)
-            if out is None:
-                return []
-            if isinstance(out, Mapping):
-                return [dict(out)]
-            return [dict(item) for item in out]
-
-        return from_callable, ()
-    raise ConfigurationError(
-        f"{where} must be an attribute name, a dict {{param: attribute}} or a callable "
-        f"row -> params, not {spec!r}."
     )
 
 
@@ -410,8 +226,8 @@ def cache_aside(
 
     ``family`` groups keys for O(1) invalidation; ``depends_on`` maps models to the
     attribute (or callable) that gives the family parameters of a changed row.
-    The decorated function gains ``.invalidate(**params)``, ``.key(**params)`` and
-    ``.cached`` (the state object).
+    The decorated function gains ``.invalidate(using=None, **params)``,
+    ``.key(**params)`` and ``.cached`` (the state object).
     """
 
     def decorate(fn: F) -> F:
@@ -421,13 +237,13 @@ def cache_aside(
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             return cached(*args, **kwargs)
 
-        def invalidate(**params: Any) -> None:
-            """Forget the result cached for ``params`` (after commit, inside a transaction)."""
-            cached._forget(cached.signature.with_defaults(params))
+        def invalidate(using: str = DEFAULT_DB_ALIAS, **params: Any) -> None:
+            """Forget the result cached for ``params`` (after ``using`` commits, if in a transaction)."""
+            cached.forget(params, using)
 
         def key_of(**params: Any) -> str:
             """Return the logical key of the result for ``params`` (defaults filled in)."""
-            return cached.key.format(cached.signature.with_defaults(params))
+            return cached.target.key.format(cached.signature.with_defaults(params))
 
         wrapper.invalidate = invalidate  # type: ignore[attr-defined]
         wrapper.key = key_of  # type: ignore[attr-defined]
@@ -437,26 +253,26 @@ def cache_aside(
     return decorate
 
 
-def write_through(key: str | None = None, *, ttl: int | None = UNSET) -> Callable[[F], F]:
+def write_through(
+    key: str | None = None, *, ttl: int | None = UNSET, family: str | None = None
+) -> Callable[[F], F]:
     """
     Store the writer's return value under ``key`` once its transaction commits.
 
-    Readers decorated with ``@cache_aside(key=<the same template>)`` then hit the
-    new value. If the value is a model instance with a write-through version (or a
-    dict with an integer ``"version"``), the put never replaces a newer version;
-    otherwise concurrent writers are not ordered (last to reach Redis wins).
+    Readers decorated with ``@cache_aside`` with the same ``key`` (and ``family``)
+    then hit the new value. Outside a family, if the value is a model instance with
+    a write-through version (or a dict with an integer ``"version"``), the put never
+    replaces a newer version; otherwise concurrent writers are not ordered (last to
+    reach Redis wins).
     """
 
     def decorate(fn: F) -> F:
-        signature = _Signature(fn, [])
-        template = KeyTemplate(key or _default_key(fn, signature.names))
-        _Signature(fn, [template])
+        target = Target(fn, key, family, ttl)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             result = materialise(fn(*args, **kwargs))
-            params = signature.params(args, kwargs)
-            _schedule_put(template, params, result, ttl)
+            _schedule_put(target, target.signature.params(args, kwargs), result)
             return result
 
         return cast("F", wrapper)
@@ -464,44 +280,30 @@ def write_through(key: str | None = None, *, ttl: int | None = UNSET) -> Callabl
     return decorate
 
 
-def _schedule_put(template: KeyTemplate, params: dict[str, Any], value: Any, ttl: int | None) -> None:
-    member = template.format(params)
-    keys = plain_keys(member)
-    label = template.template
-    settings = get_settings()
-    lifetime = settings.DEFAULT_TTL if ttl is UNSET else ttl
+def _schedule_put(target: Target, params: dict[str, Any], value: Any) -> None:
+    slot = target.slot(params)
+    label = target.label
+    using = _db_for(value)
     try:
-        envelope = encode_result(value)
-        envelope["d"] = _db_of(value)
-        payload = get_serializer(settings.SERIALIZER).dumps(envelope)
+        payload = dumps_result(value)
     except SerializationError as e:
         # Cannot store the new value: make sure the old one is not served either.
-        logger.warning("write_through %s: %s; invalidating instead", member, e)
-        after_commit([(("DEL", keys.value, keys.lease), label)], _db_for(value))
+        logger.warning("write_through %s: %s; invalidating instead", slot.member, e)
+        after_commit([(slot.forget(), label)], using)
         return
-    version = _version_of(value)
-    ms = ttl_ms(lifetime)
-    if version is None:
-        command: Command = ("SCRIPT", "put_plain", (keys.value, keys.lease), (payload, ms))
-    else:
-        ver_ttl = 2 * ms + lease_lifetime_ms() if ms else 0
-        command = (
-            "SCRIPT",
-            "put_versioned",
-            (keys.value, keys.lease, keys.version),
-            (version, payload, ms, ver_ttl, ""),
-        )
+    ms = ttl_ms(target.ttl)
+    command = slot.put(payload, ms, _version_of(value), companion_ttl_ms(ms))
 
     def put() -> None:
         try:
             (reply,) = get_store().pipeline([command])
         except CacheUnavailable as e:
-            logger.error("write_through put of %s failed (%s); invalidating on recovery", member, e)
-            queue_for_retry({("DEL", keys.value, keys.lease): label})
+            logger.error("write_through put of %s failed (%s); invalidating on recovery", slot.member, e)
+            queue_for_retry({slot.forget(): label})
             return
         stats.record("put" if reply == 1 else "stale_refused", label)
 
-    after_commit([], _db_for(value), put)
+    after_commit([], using, put)
 
 
 def _db_for(value: Any) -> str:
@@ -513,11 +315,9 @@ def _db_for(value: Any) -> str:
 
 def _version_of(value: Any) -> int | None:
     if isinstance(value, Model):
-        cache = row_cache_for(type(value))
-        name = getattr(cache, "version_name", None)
-        if name:
-            version = getattr(value, name, None)
-            return version if isinstance(version, int) else None
+        name = getattr(row_cache_for(type(value)), "version_name", None)
+        version = getattr(value, name, None) if name else None
+        return version if isinstance(version, int) else None
     if isinstance(value, dict) and isinstance(value.get("version"), int):
         return int(value["version"])
     return None

@@ -15,7 +15,7 @@ from typing import Any
 
 from cachepatterns_app.keys import FamilyKeys, KeyTemplate, family_keys
 
-__all__ = ["Family"]
+__all__ = ["Command", "Family"]
 
 Command = tuple[Any, ...]
 

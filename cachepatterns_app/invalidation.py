@@ -19,12 +19,14 @@ retry, which the retry-on-close hook makes a window of one call.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import connections, transaction
+from redis import exceptions as redis_errors
 
 from cachepatterns_app import pending, stats
 from cachepatterns_app.exceptions import CacheUnavailable
@@ -92,6 +94,8 @@ def after_commit(
     """
     connection = connections[using]
     if not connection.in_atomic_block:
+        if not connection.get_autocommit():
+            _warn_manual_transactions(using)
         batch = Batch()
         batch.add(commands, callback)
         batch.run()
@@ -110,6 +114,22 @@ def after_commit(
     batch = Batch(sids=sids)
     batch.add(commands, callback, labels)
     transaction.on_commit(batch.run, using=using)
+
+
+_warned: set[str] = set()
+
+
+def _warn_manual_transactions(using: str) -> None:
+    # Django's on_commit() refuses to run under set_autocommit(False); cachepatterns
+    # cannot see the commit either, so it invalidates now (and fills nothing until
+    # autocommit is back). Say so once: a reader may refill the old row in between.
+    if using not in _warned:
+        _warned.add(using)
+        logger.warning(
+            "Database %r is in manual transaction management (autocommit off): cache "
+            "invalidations run at write time, not at commit. Use transaction.atomic().",
+            using,
+        )
 
 
 def has_pending_writes(using: str, label: str | None = None) -> bool:
@@ -184,20 +204,38 @@ def _send_queued(client: Any) -> bool:
             pipe.eval(SCRIPTS[name], len(keys), *keys, *args)
         else:
             pipe.execute_command(*command)
-    # Error replies (a key of the wrong type...) cannot be fixed by retrying: log them
-    # and move on. Connection errors still raise and keep everything queued.
-    for command, reply in zip(batch, pipe.execute(raise_on_error=False), strict=True):
-        if isinstance(reply, Exception):
-            logger.error("Queued invalidation %r was refused by Redis: %s", command[:2], reply)
+    sent = _settled(batch, pipe.execute(raise_on_error=False))
     with _failed_lock:
-        for command in batch:
+        for command in sent:
             _failed.pop(command, None)
         done = not _failed
-    pending.forget(batch)
-    logger.warning("Sent %d invalidation(s) queued while Redis was unavailable", len(batch))
-    for label in batch.values():
-        stats.record("invalidation", label)
+    pending.forget(sent)
+    if sent:
+        logger.warning("Sent %d invalidation(s) queued while Redis was unavailable", len(sent))
+    for command in sent:
+        stats.record("invalidation", batch[command])
+    if len(sent) < len(batch):
+        # Redis answered but refused for now (out of memory, read-only replica...):
+        # raise so the caller treats Redis as unavailable and everything stays queued.
+        raise redis_errors.ConnectionError("Redis refused queued invalidations; keeping them queued")
     return done
+
+
+#: Error replies that mean "not now" rather than "never": the command is kept. Inside
+#: a Lua script the code is wrapped ("Error running script ...: -OOM command not ...").
+_RETRYABLE = re.compile(r"(?:^|-)(OOM|READONLY|LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|NOREPLICAS)\b")
+
+
+def _settled(commands: Iterable[Command], replies: Iterable[Any]) -> list[Command]:
+    """Return the commands that need no retry: done, or refused for good (logged)."""
+    out = []
+    for command, reply in zip(commands, replies, strict=True):
+        if isinstance(reply, Exception):
+            if _RETRYABLE.search(str(reply)):
+                continue
+            logger.error("Queued invalidation %r was refused by Redis for good: %s", command[:2], reply)
+        out.append(command)
+    return out
 
 
 def pending_retries() -> int:
@@ -220,11 +258,13 @@ def retry_failed(batch_size: int = 1000) -> int:
             recorded = pending.load(batch_size)
             if not recorded:
                 return 0
-            store.pipeline(recorded)
-            pending.forget(recorded)
-            for _, label in recorded.values():
-                stats.record("invalidation", label)
-            logger.warning("Sent %d recorded invalidation(s)", len(recorded))
+            sent = _settled(recorded, store.pipeline(recorded, raise_on_error=False))
+            pending.forget(sent)
+            for command in sent:
+                stats.record("invalidation", recorded[command][1])
+            logger.warning("Sent %d recorded invalidation(s)", len(sent))
+            if len(sent) < len(recorded):
+                break  # Redis refuses for now; the task's next run tries again
             if len(recorded) < batch_size:
                 return 0
     except CacheUnavailable as e:

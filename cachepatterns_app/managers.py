@@ -20,10 +20,12 @@ from django.db import connections, models, router, transaction
 from django.db.models import Model, Q
 from django.db.models.manager import BaseManager
 from django.db.models.query import ModelIterable
+from django.db.models.signals import class_prepared
+from django.dispatch import receiver
 
 from cachepatterns_app.invalidation import has_pending_writes
 from cachepatterns_app.patterns.cache_aside import UNSET, RowCache
-from cachepatterns_app.registry import dependencies_of, register_row_cache, row_cache_for
+from cachepatterns_app.registry import dependencies_of, has_own_row_cache, register_row_cache, row_cache_for
 from cachepatterns_app.signals import connect_model, old_rows, rows_changed
 
 __all__ = [
@@ -93,25 +95,14 @@ class InvalidatingQuerySet(models.QuerySet[M]):
             return super().bulk_create(objs, *args, **kwargs)
         objs = list(objs)
         db = self._write_db()
-        if not (kwargs.get("update_conflicts") and objs):
+        match = _conflict_target(self.model, objs, kwargs) if kwargs.get("update_conflicts") else None
+        if match is None:
             created = super().bulk_create(objs, *args, **kwargs)
             pks = [obj.pk for obj in created if obj.pk is not None]
             rows_changed(self.model, db, pks, new=created)
             return created
         # An upsert rewrites existing rows, whose primary keys the database may not
         # return: find the rows by the conflict target, before (old owners) and after.
-        meta = self.model._meta
-        match = Q()
-        if kwargs.get("unique_fields"):
-            unique = [meta.get_field(name) for name in kwargs["unique_fields"]]
-            for obj in objs:
-                match |= Q(**{f.attname: getattr(obj, f.attname) for f in unique})  # type: ignore[union-attr]
-        else:
-            # MySQL's ON DUPLICATE KEY UPDATE fires on any unique key.
-            for obj in objs:
-                for f in meta.concrete_fields:
-                    if f.unique and getattr(obj, f.attname) is not None:
-                        match |= Q(**{f.attname: getattr(obj, f.attname)})
         base: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=db).filter(match)
         cache = row_cache_for(self.model)
         with transaction.atomic(using=db, savepoint=False):
@@ -148,6 +139,30 @@ class InvalidatingQuerySet(models.QuerySet[M]):
         return count
 
     bulk_update.alters_data = True  # type: ignore[attr-defined]
+
+
+def _conflict_target(model: type[Model], objs: Sequence[Model], kwargs: dict[str, Any]) -> Q | None:
+    """Return a filter for the rows an upsert of ``objs`` may rewrite (None: no such row)."""
+    meta = model._meta
+    parts: list[Q] = []
+    if kwargs.get("unique_fields"):
+        unique = [meta.get_field(name) for name in kwargs["unique_fields"]]
+        for obj in objs:
+            values = {f.attname: getattr(obj, f.attname) for f in unique}  # type: ignore[union-attr]
+            if all(v is not None for v in values.values()):
+                parts.append(Q(**values))
+    else:
+        # MySQL's ON DUPLICATE KEY UPDATE fires on any unique key.
+        for obj in objs:
+            for f in meta.concrete_fields:
+                if f.unique and getattr(obj, f.attname) is not None:
+                    parts.append(Q(**{f.attname: getattr(obj, f.attname)}))
+    if not parts:
+        return None
+    match = parts[0]
+    for part in parts[1:]:
+        match |= part
+    return match
 
 
 def _touched(model: type[Model], kwargs: dict[str, Any]) -> set[str]:
@@ -239,6 +254,22 @@ def cached_get(model: type[Model], db: str | None, kwargs: dict[str, Any]) -> An
 
 
 _STOCK_GET_QUERYSET = BaseManager.get_queryset
+
+
+@receiver(class_prepared)
+def _register_inherited_manager(sender: type[Model], **kwargs: Any) -> None:
+    """
+    Django gives a model the managers of its abstract parents by copying them,
+    without calling ``contribute_to_class``: register those here, so that a cached
+    manager declared on an abstract base caches its concrete subclasses.
+    """
+    if sender._meta.abstract or sender._meta.proxy or has_own_row_cache(sender):
+        return
+    for manager in sender._meta.managers:
+        if isinstance(manager, CacheAsideManager):
+            register_row_cache(sender, manager.make_row_cache(sender))
+            connect_model(sender)
+            return
 
 
 class InvalidatingManager(BaseManager.from_queryset(InvalidatingQuerySet)):  # type: ignore[misc]

@@ -38,6 +38,11 @@ def register_row_cache(model: type[Model], cache: RowCache) -> None:
         _row_caches[model] = cache
 
 
+def has_own_row_cache(model: type[Model]) -> bool:
+    """Return whether ``model`` itself registered a row cache."""
+    return model in _row_caches
+
+
 def row_cache_for(model: type[Model]) -> RowCache | None:
     """Return the row cache of ``model`` or of the concrete model it proxies."""
     cache = _row_caches.get(model)
@@ -93,12 +98,21 @@ def register_dependency(dependency: Dependency) -> None:
 
 
 def dependencies_of(model: type[Model]) -> list[Dependency]:
-    """Return the dependencies registered for ``model`` (and the model it proxies)."""
-    found = list(_dependencies.get(model, ()))
-    concrete = model._meta.concrete_model
-    if concrete is not None and concrete is not model:
-        found.extend(_dependencies.get(concrete, ()))
-    return found
+    """
+    Return the dependencies a write to ``model`` triggers: those registered for it,
+    for every class sharing its table (proxies and the concrete model), and for its
+    multi-table-inheritance parents, whose rows a child's write also writes.
+    """
+    if not _dependencies:
+        return []
+    tables = {_table(model), *(_table(parent) for parent in model._meta.get_parent_list())}
+    return [
+        d for registered, deps in list(_dependencies.items()) if _table(registered) in tables for d in deps
+    ]
+
+
+def _table(model: type[Model]) -> type[Model]:
+    return model._meta.concrete_model or model
 
 
 def watched_models() -> set[type[Model]]:

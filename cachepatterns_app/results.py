@@ -23,13 +23,15 @@ from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import FieldDoesNotExist
+from django.db import DEFAULT_DB_ALIAS
 from django.db.models import ForeignKey, Model, QuerySet
 
 from cachepatterns_app.codecs import row_codec
-from cachepatterns_app.exceptions import SerializationError
-from cachepatterns_app.keys import model_label
+from cachepatterns_app.conf import get_settings
+from cachepatterns_app.exceptions import SerializationError, ValueTooLarge
+from cachepatterns_app.serializers import get_serializer
 
-__all__ = ["decode_result", "encode_result", "materialise"]
+__all__ = ["db_of", "decode_result", "dumps_result", "encode_result", "loads_result", "materialise"]
 
 
 def materialise(value: Any) -> Any:
@@ -113,6 +115,34 @@ def _decode_instance(item: list[Any], models: list[type[Model]], db: str) -> Mod
     return obj
 
 
-def label_of(value: Any) -> str:
-    """Return a short description of ``value`` for logs."""
-    return model_label(type(value)) if isinstance(value, Model) else type(value).__name__
+def db_of(value: Any) -> str | None:
+    """Return the database alias the instances in ``value`` came from (None: no instances)."""
+    first = value[0] if isinstance(value, list) and value else value
+    return first._state.db if isinstance(first, Model) else None
+
+
+def dumps_result(value: Any) -> bytes:
+    """
+    Return the payload for ``value`` (materialised) with the configured serializer.
+
+    Raise ``SerializationError`` if it cannot be encoded, ``ValueTooLarge`` if it is
+    over ``MAX_VALUE_BYTES``.
+    """
+    settings = get_settings()
+    envelope = encode_result(value)
+    envelope["d"] = db_of(value)
+    payload = get_serializer(settings.SERIALIZER).dumps(envelope)
+    if settings.MAX_VALUE_BYTES and len(payload) > settings.MAX_VALUE_BYTES:
+        raise ValueTooLarge(
+            f"{len(payload)} bytes is over MAX_VALUE_BYTES ({settings.MAX_VALUE_BYTES}); return "
+            "less (a page, not a whole table) or raise the limit."
+        )
+    return payload
+
+
+def loads_result(payload: bytes) -> Any:
+    """Return the value in ``payload``; raise ``SerializationError`` if unreadable."""
+    envelope = get_serializer(get_settings().SERIALIZER).loads(payload)
+    if not isinstance(envelope, dict):
+        raise SerializationError("Cached result is not an envelope")
+    return decode_result(envelope, envelope.get("d") or DEFAULT_DB_ALIAS)

@@ -55,20 +55,21 @@ def rows_changed(
     write-through cache would otherwise put the rows back.
     """
     commands: list[tuple[Command, str]] = []
-    callback: Callable[[], None] | None = None
-    for klass in [model, *model._meta.get_parent_list()] if rows else []:
-        cache = row_cache_for(klass)
-        if cache is None:
-            continue
+    callbacks: list[Callable[[], None]] = []
+    caches = _caches(model) if rows else []
+    for cache in caches:
+        # A multi-table child's write also wrote its parents' rows (same pk).
         if deleted:
             commands.extend(cache.deletion(pks))
-        elif saved is not None and klass is model:
+            continue
+        if saved is not None:
             more, callback = cache.saved(saved, using, update_fields)
             commands.extend(more)
         else:
             commands.extend(cache.invalidation(pks))
-            if klass is model and refresh:
-                callback = cache.bulk_written(pks, using)
+            callback = cache.bulk_written(pks, using) if refresh else None
+        if callback is not None:
+            callbacks.append(callback)
     dependencies = dependencies_of(model)
     if dependencies:
         changed = [*old, *new]
@@ -76,10 +77,22 @@ def rows_changed(
             for row in changed:
                 for params in dependency.params(row):
                     commands.append(dependency.family.bump(params))
-    if commands or callback:
-        after_commit(
-            commands, using, callback, labels=[cache.label for cache in _caches(model)] if rows else ()
-        )
+    labels = [cache.label for cache in caches]
+    if commands or callbacks or labels:
+        # Even with nothing to send (a bulk insert that returned no primary keys), the
+        # transaction must be known to have written these models: no fills from it.
+        after_commit(commands, using, _chain(callbacks), labels=labels)
+
+
+def _chain(callbacks: list[Callable[[], None]]) -> Callable[[], None] | None:
+    if len(callbacks) < 2:
+        return callbacks[0] if callbacks else None
+
+    def run_all() -> None:
+        for callback in callbacks:
+            callback()
+
+    return run_all
 
 
 def _caches(model: type[Model]) -> list[Any]:
@@ -130,8 +143,7 @@ def _pre_save(
         # Fixture loading: the instance must be saved exactly as given, so no version
         # bump and no lookups; post_save still invalidates.
         return
-    cache = row_cache_for(sender)
-    if cache is not None:
+    for cache in _caches(sender):
         cache.before_save(instance, using, update_fields)
     if not dependencies_of(sender) or (instance._state.adding and instance.pk is None):
         return

@@ -42,12 +42,24 @@ SCRIPTS: dict[str, str] = {
 }
 
 _CONNECTION_ERRORS = (redis_errors.ConnectionError, redis_errors.TimeoutError)
-_token_prefix = os.urandom(6).hex()
+_token_prefix = os.urandom(8).hex()
 _token_counter = itertools.count()
 
 
+def _new_token_prefix() -> None:
+    # A forked worker (gunicorn --preload, Celery prefork) must not reuse its parent's
+    # tokens: two processes holding "the same" lease would break single flight and
+    # let a stale fill through.
+    global _token_prefix, _token_counter
+    _token_prefix = os.urandom(8).hex()
+    _token_counter = itertools.count()
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)
+
+
 def new_token() -> str:
-    """Return a lease token unique across processes and threads."""
+    """Return a lease token unique across processes (forked ones included) and threads."""
     return f"{_token_prefix}{next(_token_counter):x}"
 
 
@@ -170,8 +182,11 @@ class Store:
             return self.guard(lambda: list(client.mget_nonatomic(keys)))
         return self.guard(lambda: list(client.mget(keys)))
 
-    def pipeline(self, commands: Iterable[tuple[Any, ...]]) -> list[Any]:
-        """Run commands in one round trip (not as a transaction) and return the replies."""
+    def pipeline(self, commands: Iterable[tuple[Any, ...]], *, raise_on_error: bool = True) -> list[Any]:
+        """
+        Run commands in one round trip (not as a transaction) and return the replies;
+        with ``raise_on_error=False`` error replies come back as exception objects.
+        """
         batch = list(commands)
         if not batch:
             return []
@@ -185,10 +200,16 @@ class Store:
                 else:
                     pipe.execute_command(*command)
             try:
-                return list(pipe.execute(raise_on_error=True))
+                replies = list(pipe.execute(raise_on_error=raise_on_error))
             except redis_errors.NoScriptError:
                 self._shas.clear()
                 return run()
+            if any(isinstance(r, redis_errors.NoScriptError) for r in replies):
+                # Re-running repeats the other commands: all are idempotent invalidations
+                # or puts (a family bump twice only invalidates twice).
+                self._shas.clear()
+                return run()
+            return replies
 
         return self.guard(run)
 

@@ -179,7 +179,7 @@ def shape(value: Any) -> Any:
 
 def member_value_key(redis: Any, fn: Any, params: dict[str, Any]) -> str:
     """Return the Redis key holding ``fn``'s result for ``params`` in the current generation."""
-    keys = fn.cached.family.keys(params)
+    keys = fn.cached.target.family.keys(params)
     generation = redis.get(keys.generation)
     assert generation is not None
     return f"{keys.base}:v:{generation.decode()}:{fn.key(**params)}"

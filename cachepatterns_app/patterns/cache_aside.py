@@ -33,7 +33,15 @@ from cachepatterns_app.keys import RowKeys, model_label, row_keys, unique_key
 from cachepatterns_app.serializers import JSONSerializer, get_serializer
 from cachepatterns_app.store import SCRIPTS, Store, get_store, new_token
 
-__all__ = ["UNSET", "RowCache", "await_turn", "fill_allowed", "lease_lifetime_ms", "ttl_ms"]
+__all__ = [
+    "UNSET",
+    "RowCache",
+    "await_turn",
+    "companion_ttl_ms",
+    "fill_allowed",
+    "lease_lifetime_ms",
+    "ttl_ms",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,14 @@ def ttl_ms(ttl: int | float | None) -> int:
     jitter = float(get_settings().TTL_JITTER)
     spread = 1.0 + random.uniform(-jitter, jitter) if jitter else 1.0
     return max(1, int(ttl * 1000 * spread))
+
+
+def companion_ttl_ms(ttl: int) -> int:
+    """
+    Return the lifetime of a key that must outlive values stored with ``ttl`` ms (a
+    version key, a family generation): twice as long plus a lease (0: no expiry).
+    """
+    return 2 * ttl + lease_lifetime_ms() if ttl else 0
 
 
 def lease_lifetime_ms() -> int:
@@ -98,7 +114,8 @@ def fill_allowed(using: str) -> bool:
     """
     connection = connections[using]
     if not connection.in_atomic_block:
-        return True
+        # Autocommit off (manual transactions): the read may see uncommitted writes.
+        return bool(connection.get_autocommit())
     if has_pending_writes(using):
         return False
     vendor = connection.vendor

@@ -25,16 +25,17 @@ from functools import cached_property
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.db import connections, models
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, connections, models
 from django.db.models import Expression, F, Field, Model
 from django.db.models.fields import NOT_PROVIDED
+from django.utils import timezone
 
 from cachepatterns_app import stats
-from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
-from cachepatterns_app.invalidation import Command, queue_for_retry
+from cachepatterns_app.invalidation import Command, queue_for_retry, send
 from cachepatterns_app.keys import RowKeys
-from cachepatterns_app.patterns.cache_aside import UNSET, RowCache, ttl_ms
+from cachepatterns_app.patterns.cache_aside import UNSET, RowCache, companion_ttl_ms, ttl_ms
 from cachepatterns_app.store import SCRIPTS
 
 __all__ = ["WriteThroughRowCache"]
@@ -104,9 +105,6 @@ class WriteThroughRowCache(RowCache):
 
     # -- versions ----------------------------------------------------------------
 
-    def _ver_ttl(self, ttl: int) -> int:
-        return 2 * ttl + int(get_settings().LOCK_TIMEOUT * 1000) if ttl else 0
-
     def _tombstone_ms(self) -> int:
         # As long as a cached value could have lived: a resurrected row could not
         # outlive that either. A primary key that is reused (natural keys) stays
@@ -120,7 +118,7 @@ class WriteThroughRowCache(RowCache):
             "SCRIPT",
             "put_versioned",
             (keys.value, keys.lease, keys.version),
-            (version, payload, ttl, self._ver_ttl(ttl), token),
+            (version, payload, ttl, companion_ttl_ms(ttl), token),
         )
 
     def fill_command(self, keys: RowKeys, token: str, instance: Model, payload: bytes) -> tuple[Any, ...]:
@@ -136,7 +134,7 @@ class WriteThroughRowCache(RowCache):
             version,
             payload,
             ttl,
-            self._ver_ttl(ttl),
+            companion_ttl_ms(ttl),
             token,
         )
 
@@ -207,11 +205,16 @@ class WriteThroughRowCache(RowCache):
             setattr(instance, field.attname, version)
         full_save = update_fields is None and not self.codec.deferred(instance)
         if version is not None and full_save and self._memory_is_the_row:
-            payload = self.encode(_canonical(instance, self.model))
-            if payload is not None:
-                keys = self.keys(pk)
-                command = self.put_command(keys, int(version), payload)
-                return [], lambda: self._put([(keys, command)])
+            canonical = _canonical(instance, self.model)
+            if canonical is None:
+                return [], lambda: self._reread_and_put([pk], using)
+            payload = self.encode(canonical)
+            if payload is None:
+                # The new row cannot be cached (too large, unencodable): drop the old one.
+                return self.invalidation([pk]), None
+            keys = self.keys(pk)
+            command = self.put_command(keys, int(version), payload)
+            return [], lambda: self._put([(keys, command)])
         return [], lambda: self._reread_and_put([pk], using, instance if version is None else None)
 
     def bulk_written(self, pks: Sequence[Any], using: str) -> Any:
@@ -228,21 +231,30 @@ class WriteThroughRowCache(RowCache):
         """After commit: read the rows (each with its version) and put them."""
         pks = list(pks)
         for start in range(0, len(pks), 1000):
-            self._reread_chunk(pks[start : start + 1000], using, instance)
+            chunk = pks[start : start + 1000]
+            try:
+                self._reread_chunk(chunk, using, instance)
+            except DatabaseError as e:
+                # Without the fresh rows, at least do not leave the old ones cached.
+                logger.error("Write-through could not re-read %d row(s) (%s); invalidating", len(chunk), e)
+                send(dict(self.invalidation(chunk)))
 
     def _reread_chunk(self, pks: Sequence[Any], using: str, instance: Model | None) -> None:
         rows: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk__in=pks)
         puts = []
+        unstorable = []
         for row in rows:
             if instance is not None and row.pk == instance.pk:
                 # Tell the saved instance which version it now has (it held an expression).
                 setattr(instance, self.version.attname, getattr(row, self.version.attname))
             payload = self.encode(row)
-            if payload is not None:
-                keys = self.keys(row.pk)
-                puts.append(
-                    (keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload))
-                )
+            if payload is None:
+                unstorable.append(row.pk)
+                continue
+            keys = self.keys(row.pk)
+            puts.append((keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload)))
+        if unstorable:
+            send(dict(self.invalidation(unstorable)))
         self._put(puts)
 
     def _put(self, puts: list[tuple[RowKeys, Command]]) -> None:
@@ -322,24 +334,31 @@ class _VersionCapture:
         return result
 
 
-def _canonical(instance: Model, model: type[Model]) -> Model:
-    """Return ``instance`` with values as the database would return them."""
+def _canonical(instance: Model, model: type[Model]) -> Model | None:
+    """
+    Return ``instance`` with its values as the database will return them (``"7"``
+    in an integer field is 7, a naive datetime is made aware, a Decimal has the
+    field's places), or None if a value cannot be converted.
+    """
     changed: dict[str, Any] = {}
     for field in model._meta.concrete_fields:
         value = instance.__dict__.get(field.attname)
-        if value is None:
+        if value is None or isinstance(field, models.JSONField | models.FileField | models.BinaryField):
             continue
-        if isinstance(field, models.DecimalField) and isinstance(value, decimal.Decimal | int | float | str):
-            changed[field.attname] = decimal.Decimal(str(value)).quantize(
-                decimal.Decimal(1).scaleb(-field.decimal_places)
-            )
-        elif (
-            isinstance(field, models.DateTimeField)
-            and isinstance(value, datetime.datetime)
-            and django_settings.USE_TZ
-            and value.tzinfo is not None
-        ):
-            changed[field.attname] = value.astimezone(datetime.UTC)
+        try:
+            new = field.to_python(value)
+            if isinstance(field, models.DateTimeField) and isinstance(new, datetime.datetime):
+                if django_settings.USE_TZ:
+                    if timezone.is_naive(new):
+                        # What Django does when saving a naive datetime with USE_TZ.
+                        new = timezone.make_aware(new, timezone.get_default_timezone())
+                    new = new.astimezone(datetime.UTC)
+            elif isinstance(field, models.DecimalField) and isinstance(new, decimal.Decimal):
+                new = new.quantize(decimal.Decimal(1).scaleb(-(field.decimal_places or 0)))
+        except (ValidationError, decimal.InvalidOperation, TypeError, ValueError):
+            return None
+        if new is not value:
+            changed[field.attname] = new
     if not changed:
         return instance
     clone = model.__new__(model)

@@ -99,3 +99,44 @@ class Profile(models.Model):
 
     def __str__(self) -> str:
         return self.handle
+
+
+class Place(models.Model):
+    """Multi-table inheritance: a Restaurant's save also writes its Place row."""
+
+    owner_id = models.IntegerField()
+    name = models.CharField(max_length=50)
+
+    objects = InvalidatingManager()
+
+
+class Restaurant(Place):
+    seats = models.IntegerField(default=0)
+
+
+class Account(models.Model):
+    """A write-through parent whose rows multi-table children also write."""
+
+    name = models.CharField(max_length=50)
+    version = models.PositiveBigIntegerField(default=0)
+
+    objects = WriteThroughManager(ttl=300)
+
+
+class BusinessAccount(Account):
+    vat = models.CharField(max_length=20, blank=True, default="")
+
+
+class Stamped(models.Model):
+    """An abstract base that declares the cached manager for its subclasses."""
+
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = CacheAsideManager(ttl=60)
+
+    class Meta:
+        abstract = True
+
+
+class Article(Stamped):
+    title = models.CharField(max_length=100)
