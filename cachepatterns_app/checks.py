@@ -16,6 +16,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
+from django.core.exceptions import FieldDoesNotExist
+from redis.exceptions import RedisError
 
 from cachepatterns_app.conf import DEFAULTS, NESTED, get_settings, user_settings
 
@@ -213,11 +215,11 @@ def check_redis_reachable(*, app_configs: Any = None, **kwargs: Any) -> list[Che
     from cachepatterns_app.exceptions import CachePatternsError
     from cachepatterns_app.store import get_store
 
-    if check_cache() and any(m.is_serious() for m in check_cache()):
+    if any(m.is_serious() for m in check_cache()):
         return []
     try:
-        get_store().execute("PING")
-    except CachePatternsError as e:
+        _ping(get_store().client)
+    except (CachePatternsError, RedisError) as e:
         return [
             Warning(
                 f"Redis is not reachable: {e}",
@@ -229,11 +231,29 @@ def check_redis_reachable(*, app_configs: Any = None, **kwargs: Any) -> list[Che
     return []
 
 
+def _ping(client: Any) -> None:
+    """
+    PING over a connection of its own with a one-second timeout: checks run before
+    every management command, which must not hang on a dead Redis, and must not open
+    the circuit breaker of the process either.
+    """
+    pool = client.connection_pool
+    connection = pool.connection_class(
+        **{**pool.connection_kwargs, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
+    )
+    try:
+        connection.send_command("PING")
+        connection.read_response()
+    finally:
+        connection.disconnect()
+
+
 def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Check models that use the app's managers or are named in ``depends_on``."""
     from django.db import models
+    from django.db.models.manager import BaseManager
 
-    from cachepatterns_app.managers import InvalidatingQuerySet
+    from cachepatterns_app.managers import CacheAsideManager, InvalidatingQuerySet
     from cachepatterns_app.patterns.write_through import WriteThroughRowCache
     from cachepatterns_app.registry import row_caches, watched_models
 
@@ -243,7 +263,7 @@ def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
             name = cache.version_name
             try:
                 field = model._meta.get_field(name)
-            except Exception:  # noqa: BLE001 - FieldDoesNotExist
+            except FieldDoesNotExist:
                 field = None
             if not isinstance(field, models.IntegerField):
                 out.append(
@@ -257,6 +277,23 @@ def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                         id="cachepatterns.E010",
                     )
                 )
+    for model in row_caches():
+        manager = model._default_manager
+        if (
+            isinstance(manager, CacheAsideManager)
+            and type(manager).get_queryset is not BaseManager.get_queryset
+        ):
+            out.append(
+                Warning(
+                    f"{model._meta.label}'s manager {type(manager).__name__} overrides get_queryset(), "
+                    "so its get() is not served from the cache.",
+                    hint="A filtered base queryset could hide rows the cache would return, so the "
+                    "cache stays out of the way. Keep the cached manager unfiltered and put the "
+                    "filter on a second manager (or a queryset method).",
+                    obj=model,
+                    id="cachepatterns.W006",
+                )
+            )
     for model in watched_models():
         if model._meta.abstract:
             continue

@@ -35,7 +35,7 @@ from cachepatterns_app.exceptions import (
 from cachepatterns_app.families import Family
 from cachepatterns_app.invalidation import after_commit, has_pending_writes, queue_for_retry
 from cachepatterns_app.keys import KeyTemplate
-from cachepatterns_app.patterns.cache_aside import (
+from cachepatterns_app.leases import (
     LEASED,
     UNSET,
     await_turn,

@@ -23,8 +23,10 @@ from django.db.models.query import ModelIterable
 from django.db.models.signals import class_prepared
 from django.dispatch import receiver
 
+from cachepatterns_app.exceptions import ConfigurationError
 from cachepatterns_app.invalidation import has_pending_writes
-from cachepatterns_app.patterns.cache_aside import UNSET, RowCache
+from cachepatterns_app.leases import UNSET
+from cachepatterns_app.patterns.cache_aside import RowCache
 from cachepatterns_app.registry import dependencies_of, has_own_row_cache, register_row_cache, row_cache_for
 from cachepatterns_app.signals import connect_model, old_rows, rows_changed
 
@@ -275,9 +277,6 @@ def _register_inherited_manager(sender: type[Model], **kwargs: Any) -> None:
 class InvalidatingManager(BaseManager.from_queryset(InvalidatingQuerySet)):  # type: ignore[misc]
     """Manager for models that are not cached but that cached results depend on."""
 
-    def contribute_to_class(self, model: type[Model], name: str) -> None:
-        super().contribute_to_class(model, name)
-
 
 class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
     """
@@ -289,18 +288,18 @@ class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ign
     row_cache_class: type[RowCache] = RowCache
 
     def __init__(self, ttl: int | None = UNSET, refresh_ahead: float | None = None) -> None:
+        if refresh_ahead is not None:
+            # Accepting and ignoring it would look like refresh-ahead works.
+            raise ConfigurationError(
+                "CacheAsideManager(refresh_ahead=...) is not available in this version of "
+                "cachepatterns; leave it out (rows are then refreshed on their first miss)."
+            )
         super().__init__()
         self.ttl = ttl
-        self.refresh_ahead = refresh_ahead
         self._constructor_args = ((), self._options())
 
     def _options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.ttl is not UNSET:
-            options["ttl"] = self.ttl
-        if self.refresh_ahead is not None:
-            options["refresh_ahead"] = self.refresh_ahead
-        return options
+        return {} if self.ttl is UNSET else {"ttl": self.ttl}
 
     def make_row_cache(self, model: type[Model]) -> RowCache:
         """Return the row cache this manager puts in front of ``model``."""

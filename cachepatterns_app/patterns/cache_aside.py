@@ -14,117 +14,37 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import Any, cast
 
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db import connections, models, router
+from django.db import models, router
 from django.db.models import Field, Model
 
 from cachepatterns_app import stats
 from cachepatterns_app.codecs import RowCodec, row_codec
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
-from cachepatterns_app.invalidation import has_pending_writes
 from cachepatterns_app.keys import RowKeys, model_label, row_keys, unique_key
+from cachepatterns_app.leases import (
+    HIT,
+    LEASED,
+    UNSET,
+    await_turn,
+    fill_allowed,
+    lease_lifetime_ms,
+    ttl_ms,
+)
 from cachepatterns_app.serializers import JSONSerializer, get_serializer
 from cachepatterns_app.store import SCRIPTS, Store, get_store, new_token
 
-__all__ = [
-    "UNSET",
-    "RowCache",
-    "await_turn",
-    "companion_ttl_ms",
-    "fill_allowed",
-    "lease_lifetime_ms",
-    "ttl_ms",
-]
+__all__ = ["RowCache"]
 
 logger = logging.getLogger(__name__)
 
-UNSET: Any = object()
-
-HIT, LEASED, BUSY = 1, 2, 3
-
 # Unique-field pointers hold a primary key: always JSON, whatever SERIALIZER says.
 _json = JSONSerializer()
-
-
-def ttl_ms(ttl: int | float | None) -> int:
-    """Return ``ttl`` seconds as jittered milliseconds (0: no expiry)."""
-    if ttl is None:
-        return 0
-    jitter = float(get_settings().TTL_JITTER)
-    spread = 1.0 + random.uniform(-jitter, jitter) if jitter else 1.0
-    return max(1, int(ttl * 1000 * spread))
-
-
-def companion_ttl_ms(ttl: int) -> int:
-    """
-    Return the lifetime of a key that must outlive values stored with ``ttl`` ms (a
-    version key, a family generation): twice as long plus a lease (0: no expiry).
-    """
-    return 2 * ttl + lease_lifetime_ms() if ttl else 0
-
-
-def lease_lifetime_ms() -> int:
-    """Return how long a fill lease lives: ``LOCK_TIMEOUT`` in milliseconds."""
-    return int(float(get_settings().LOCK_TIMEOUT) * 1000)
-
-
-def await_turn(read: Callable[[], Any], label: str) -> Any:
-    """
-    Call ``read`` (a read-or-lease Lua call) until it returns a hit or grants the
-    lease, waiting with backoff while another caller holds the lease.
-
-    Return the reply, or None once ``LOCK_TIMEOUT`` has passed without either: a
-    holder that died loses its lease at that point, but a caller that has waited
-    that long answers from the database instead of waiting more.
-    """
-    deadline = 0.0
-    pause = 0.002
-    while True:
-        reply = read()
-        if reply[0] != BUSY:
-            return reply
-        now = time.monotonic()
-        if not deadline:
-            deadline = now + float(get_settings().LOCK_TIMEOUT)
-            stats.record("wait", label)
-        elif now >= deadline:
-            return None
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-# Isolation levels under which every statement sees the latest committed rows.
-_STATEMENT_SNAPSHOT = {"read committed", "read uncommitted"}
-
-
-def fill_allowed(using: str) -> bool:
-    """
-    Return whether a value loaded now through ``using`` may be stored in the cache.
-
-    Not inside a transaction that already wrote a cached model (it would cache
-    uncommitted data), nor inside a transaction whose reads come from a snapshot
-    older than the lease (SQLite, or MySQL/PostgreSQL at REPEATABLE READ and above).
-    """
-    connection = connections[using]
-    if not connection.in_atomic_block:
-        # Autocommit off (manual transactions): the read may see uncommitted writes.
-        return bool(connection.get_autocommit())
-    if has_pending_writes(using):
-        return False
-    vendor = connection.vendor
-    if vendor == "mysql":
-        return str(getattr(connection, "isolation_level", "") or "") in _STATEMENT_SNAPSHOT
-    if vendor == "postgresql":
-        level = connection.settings_dict.get("OPTIONS", {}).get("isolation_level")
-        return level is None or int(level) <= 2  # psycopg READ_COMMITTED is 2
-    return False
 
 
 class RowCache:
@@ -254,12 +174,12 @@ class RowCache:
             pk = self._query(fill_db).filter(**lookup).values_list("pk", flat=True).get()
             instance = self.get(pk, read_db)
         except BaseException:
-            self._release_lease(lease, token)
+            self._release_leases([lease], token)
             raise
         if getattr(instance, field.attname) != value or not fill_allowed(fill_db):
             # The row changed between the two reads, or the database matched a variant
             # (a case-insensitive collation): do not point this spelling at the row.
-            self._release_lease(lease, token)
+            self._release_leases([lease], token)
             if getattr(instance, field.attname) != value:
                 return self._query(read_db).get(**lookup)
             return instance
@@ -367,11 +287,11 @@ class RowCache:
         self._release_many([keys], token)
 
     def _release_many(self, keys: Sequence[RowKeys], token: str) -> None:
-        if keys:
-            self._store().send_no_reply([("EVAL", SCRIPTS["release"], 1, k.lease, token) for k in keys])
+        self._release_leases([k.lease for k in keys], token)
 
-    def _release_lease(self, lease: str, token: str) -> None:
-        self._store().send_no_reply([("EVAL", SCRIPTS["release"], 1, lease, token)])
+    def _release_leases(self, leases: Sequence[str], token: str) -> None:
+        if leases:
+            self._store().send_no_reply([("EVAL", SCRIPTS["release"], 1, lease, token) for lease in leases])
 
     def on_hit(self, keys: RowKeys, pk: Any, pttl: int) -> None:
         """Hook for refresh-ahead: called on every hit with the key's remaining TTL (ms)."""

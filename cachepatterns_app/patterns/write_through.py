@@ -25,7 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from django.conf import settings as django_settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import DatabaseError, connections, models
 from django.db.models import Expression, F, Field, Model
 from django.db.models.fields import NOT_PROVIDED
@@ -35,7 +35,8 @@ from cachepatterns_app import stats
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
 from cachepatterns_app.invalidation import Command, queue_for_retry, send
 from cachepatterns_app.keys import RowKeys
-from cachepatterns_app.patterns.cache_aside import UNSET, RowCache, companion_ttl_ms, ttl_ms
+from cachepatterns_app.leases import UNSET, companion_ttl_ms, ttl_ms
+from cachepatterns_app.patterns.cache_aside import RowCache
 from cachepatterns_app.store import SCRIPTS
 
 __all__ = ["WriteThroughRowCache"]
@@ -87,7 +88,7 @@ class WriteThroughRowCache(RowCache):
     def version(self) -> Field[Any, Any]:
         try:
             field = self.model._meta.get_field(self.version_name)
-        except Exception as e:
+        except FieldDoesNotExist as e:
             raise ConfigurationError(
                 f"{self.label} uses WriteThroughManager(version_field={self.version_name!r}) "
                 f"but has no such field. Add `{self.version_name} = "

@@ -114,6 +114,11 @@ class Restaurant(Place):
     seats = models.IntegerField(default=0)
 
 
+class PlaceProxy(Place):
+    class Meta:
+        proxy = True
+
+
 class Account(models.Model):
     """A write-through parent whose rows multi-table children also write."""
 

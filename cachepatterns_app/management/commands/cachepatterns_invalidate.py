@@ -13,6 +13,7 @@ from typing import Any
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from cachepatterns_app.invalidation import pending_retries
 from cachepatterns_app.operations import invalidate, invalidate_family
 from cachepatterns_app.registry import row_cache_for
 
@@ -37,7 +38,7 @@ class Command(BaseCommand):
                 invalidate_family(options["family"], **params)
             except (TypeError, ValueError) as e:
                 raise CommandError(str(e)) from e
-            self.stdout.write(f"Invalidated family {options['family']!r} for {params}.")
+            self._report(f"family {options['family']!r} for {params}")
             return
         try:
             model = apps.get_model(options["target"])
@@ -50,4 +51,12 @@ class Command(BaseCommand):
         if not options["values"]:
             raise CommandError("Give at least one primary key.")
         invalidate(model, *options["values"])
-        self.stdout.write(f"Invalidated {len(options['values'])} {model._meta.label} row(s).")
+        self._report(f"{len(options['values'])} {model._meta.label} row(s)")
+
+    def _report(self, what: str) -> None:
+        if pending_retries():
+            raise CommandError(
+                f"Redis is unavailable: the invalidation of {what} is recorded and will be sent "
+                "by the cachepatterns.retry_invalidations task once Redis answers."
+            )
+        self.stdout.write(f"Invalidated {what}.")

@@ -1,0 +1,88 @@
+"""The management commands: cachepatterns_stats and cachepatterns_invalidate."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from cachepatterns_app import cache_aside
+from tests.support import keys_of, settle
+from tests.testapp.models import Author, Post
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def test_stats_prints_per_label_counts_and_hit_rate():
+    ada = Author.objects.create(name="Ada", email="ada@example.com")
+    Author.objects.get(pk=ada.pk)
+    settle()
+    Author.objects.get(pk=ada.pk)
+    table = run("cachepatterns_stats")
+    row = next(line for line in table.splitlines() if line.startswith("testapp.author"))
+    assert "50.0%" in row
+    data = json.loads(run("cachepatterns_stats", "--json"))
+    assert data["testapp.author"]["hit"] == 1
+    assert data["testapp.author"]["miss"] == 1
+
+
+def test_invalidate_rows_by_primary_key(redis):
+    ada = Author.objects.create(name="Ada", email="ada@example.com")
+    Author.objects.get(pk=ada.pk)
+    settle()
+    assert redis.exists(keys_of(Author, ada.pk).value)
+    assert "Invalidated 1 testapp.Author row(s)." in run(
+        "cachepatterns_invalidate", "testapp.Author", str(ada.pk)
+    )
+    assert not redis.exists(keys_of(Author, ada.pk).value)
+
+
+@cache_aside(key="cmd:{author_id}", family="cmd:{author_id}:f", depends_on={Post: "author_id"})
+def titles(author_id: int) -> list[str]:
+    return list(Post.objects.filter(author_id=author_id).values_list("title", flat=True))
+
+
+def test_invalidate_a_family_by_parameters(django_assert_num_queries):
+    ada = Author.objects.create(name="Ada", email="ada@example.com")
+    titles(ada.pk)
+    settle()
+    run("cachepatterns_invalidate", "--family", "cmd:{author_id}:f", f"author_id={ada.pk}")
+    with django_assert_num_queries(1):
+        titles(ada.pk)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "is not a model"),
+        (["testapp.Post", "1"], "is not cached"),
+        (["testapp.Author"], "at least one primary key"),
+        (["--family", "cmd:{author_id}:f", "author_id"], "name=value"),
+        (["--family", "cmd:{author_id}:f", "other=1"], "needs parameter 'author_id'"),
+    ],
+)
+def test_invalidate_explains_bad_input(args, message):
+    with pytest.raises(CommandError, match=message):
+        call_command("cachepatterns_invalidate", *args, stdout=StringIO())
+
+
+def test_invalidate_says_when_redis_was_down():
+    ada = Author.objects.create(name="Ada", email="ada@example.com")
+    down = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
+        }
+    }
+    with override_settings(CACHES=down), pytest.raises(CommandError, match="recorded"):
+        call_command("cachepatterns_invalidate", "testapp.Author", str(ada.pk), stdout=StringIO())
