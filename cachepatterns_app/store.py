@@ -1,8 +1,8 @@
 """
 The only module that talks to Redis.
 
-It borrows django-redis's client for ``CACHE_ALIAS`` (so pools, Sentinel and the
-cluster client configured in ``CACHES`` are reused), runs the Lua scripts in
+It borrows django-redis's client for ``CACHE_ALIAS`` (so the pools and options
+configured in ``CACHES`` are reused), runs the Lua scripts in
 ``lua/`` by SHA (loaded once, reloaded after a server restart), and puts a
 circuit breaker in front of every call: a connection failure or timeout raises
 :class:`~cachepatterns_app.exceptions.CacheUnavailable`, and while the breaker is
