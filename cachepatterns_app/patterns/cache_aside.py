@@ -108,7 +108,7 @@ class RowCache:
             pk = self.pk_field.to_python(pk)
         except ValidationError:
             return self._query(read_db).get(pk=pk)  # let the ORM raise its usual error
-        keys = self.keys(pk)
+        keys = row_keys(self.label, pk)  # pk is already typed: skip keys()'s to_python
         token = new_token()
         lease_ms = lease_lifetime_ms()
         store = self._store()

@@ -123,21 +123,10 @@ class WriteThroughRowCache(RowCache):
         )
 
     def fill_command(self, keys: RowKeys, token: str, instance: Model, payload: bytes) -> tuple[Any, ...]:
-        ttl = ttl_ms(self.ttl)
+        # The same check-and-set, as a reader's fill (holding a lease), sent without a reply.
         version = getattr(instance, self.version.attname) or 0
-        return (
-            "EVAL",
-            SCRIPTS["put_versioned"],
-            3,
-            keys.value,
-            keys.lease,
-            keys.version,
-            version,
-            payload,
-            ttl,
-            companion_ttl_ms(ttl),
-            token,
-        )
+        _, name, script_keys, args = self.put_command(keys, version, payload, token)
+        return ("EVAL", SCRIPTS[name], len(script_keys), *script_keys, *args)
 
     def deletion(self, pks: Any) -> list[tuple[Command, str]]:
         out: list[tuple[Command, str]] = []
