@@ -213,3 +213,57 @@ def private_redis() -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.stop()
+
+
+class HeldReader:
+    """
+    A reader thread paused right after the SELECT whose SQL contains ``marker``
+    returned (the rows are loaded, the fill not yet sent), until :meth:`release`.
+    """
+
+    def __init__(self, read: Callable[[], Any], marker: str) -> None:
+        self.loaded = threading.Event()
+        self._go = threading.Event()
+        self._read = read
+        self._marker = marker
+        self.worker = Worker(self._run, name="held-reader")
+
+    def _hold(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+        result = execute(sql, params, many, context)
+        if not self.loaded.is_set() and sql.lstrip().upper().startswith("SELECT") and self._marker in sql:
+            self.loaded.set()
+            assert self._go.wait(15), "the test never released the reader"
+        return result
+
+    def _run(self) -> Any:
+        with connections["default"].execute_wrapper(self._hold):
+            return self._read()
+
+    def start(self) -> None:
+        self.worker.start()
+        assert self.loaded.wait(15), "the reader never ran its SELECT"
+
+    def release(self) -> Any:
+        self._go.set()
+        return self.worker.result()
+
+
+@contextlib.contextmanager
+def sqlite_wal() -> Iterator[None]:
+    """
+    On SQLite, switch to WAL for the duration: a reader held after its SELECT keeps
+    its snapshot while a writer commits (the interleaving MariaDB gives, where
+    mysqlclient buffers the whole result); in the default journal mode the two
+    would deadlock. Elsewhere, do nothing.
+    """
+    connection = connections["default"]
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode=DELETE")

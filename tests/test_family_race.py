@@ -17,7 +17,6 @@ then IS served: the race is real and the assertions can fail.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,7 +27,7 @@ from django.test.utils import CaptureQueriesContext
 from cachepatterns_app import cache_aside
 from cachepatterns_app import store as store_module
 from cachepatterns_app.keys import family_keys
-from tests.support import SQLITE, Worker, settle, wait_until
+from tests.support import HeldReader, Worker, settle, sqlite_wal, wait_until
 from tests.testapp.models import Author, Post
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -62,54 +61,8 @@ return 1
 
 @pytest.fixture(autouse=True)
 def _sqlite_wal() -> Iterator[None]:
-    """
-    On SQLite, let a reader hold an open SELECT while a writer commits.
-
-    In rollback-journal mode a statement that has stepped its first row keeps a
-    SHARED lock and the writer's COMMIT waits for it: the parked reader and the
-    writer would deadlock. In WAL mode the reader keeps its snapshot (the old
-    rows) while the writer commits, the interleaving MariaDB gives (mysqlclient
-    buffers the whole result before execute() returns).
-    """
-    if not SQLITE:
+    with sqlite_wal():
         yield
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode=DELETE")
-
-
-class HeldReader:
-    """A reader thread that parks right after its SELECT on the posts table returned."""
-
-    def __init__(self, read: Callable[[], Any]) -> None:
-        self.selected = threading.Event()
-        self._go = threading.Event()
-        self._read = read
-        self.worker = Worker(self._run, name="held-reader")
-
-    def _hold(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        result = execute(sql, params, many, context)
-        if not self.selected.is_set() and sql.lstrip().upper().startswith("SELECT") and "testapp_post" in sql:
-            self.selected.set()
-            assert self._go.wait(15), "the test never released the reader"
-        return result
-
-    def _run(self) -> Any:
-        with connection.execute_wrapper(self._hold):
-            return self._read()
-
-    def start(self) -> None:
-        self.worker.start()
-        assert self.selected.wait(15), "the reader never ran its SELECT"
-
-    def release(self) -> Any:
-        self._go.set()
-        return self.worker.result()
 
 
 def rows(page: Any) -> list[tuple[int, str, int, str]]:
@@ -199,7 +152,7 @@ def race(redis: Any, blog: dict[str, Author], writer: str) -> tuple[Author, list
     member = author_posts.key(author_id=author.pk, page=1, per_page=3)
     before = orm_page(author)
 
-    held = HeldReader(lambda: rows(author_posts(author.pk)))
+    held = HeldReader(lambda: rows(author_posts(author.pk)), marker="testapp_post")
     held.start()
     try:
         # The reader is parked after its SELECT, holding the lease of generation G.

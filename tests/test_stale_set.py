@@ -17,16 +17,15 @@ can fail.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.db import connection, models, transaction
+from django.db import models, transaction
 
 from cachepatterns_app import store as store_module
 from cachepatterns_app.registry import row_cache_for
-from tests.support import SQLITE, Worker, keys_of, settle
+from tests.support import HeldReader, keys_of, settle, sqlite_wal
 from tests.testapp.models import Author
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,60 +44,8 @@ return 1
 
 @pytest.fixture(autouse=True)
 def _sqlite_wal() -> Iterator[None]:
-    """
-    On SQLite, let a reader hold an open SELECT while a writer commits.
-
-    In the default rollback-journal mode a statement that has stepped its first
-    row keeps a SHARED lock, and the writer's COMMIT waits for it: the reader
-    parked after ``execute()`` and the writer would deadlock. In WAL mode the
-    reader keeps reading its snapshot (the old row) while the writer commits,
-    which is the interleaving MySQL gives (mysqlclient buffers the result).
-    """
-    if not SQLITE:
+    with sqlite_wal():
         yield
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode=DELETE")
-
-
-class HeldReader:
-    """
-    A reader thread that pauses right after the SELECT that loads the full row.
-
-    ``loaded`` is set once that SELECT has returned (the old row is in hand);
-    the reader continues (decodes, fills) only after :meth:`release`.
-    """
-
-    def __init__(self, read: Callable[[], Any]) -> None:
-        self.loaded = threading.Event()
-        self._go = threading.Event()
-        self._read = read
-        self.worker = Worker(self._run, name="held-reader")
-
-    def _hold(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        result = execute(sql, params, many, context)
-        # Only the SELECT of the whole row (the pk lookup of get(email=) selects no bio).
-        if not self.loaded.is_set() and sql.lstrip().upper().startswith("SELECT") and "bio" in sql:
-            self.loaded.set()
-            assert self._go.wait(15), "the test never released the reader"
-        return result
-
-    def _run(self) -> Any:
-        with connection.execute_wrapper(self._hold):
-            return self._read()
-
-    def start(self) -> None:
-        self.worker.start()
-        assert self.loaded.wait(15), "the reader never ran its SELECT"
-
-    def release(self) -> Any:
-        self._go.set()
-        return self.worker.result()
 
 
 def cached_row(redis: Any, pk: Any) -> Author | None:
@@ -157,7 +104,7 @@ def race(redis: Any, reader: str, writer: str) -> tuple[Author, Author]:
     """Run the interleaving; return (the author as created, what the reader loaded)."""
     author = Author.objects.create(name="old", email="old@example.com", slug="old")
     keys = keys_of(Author, author.pk)
-    held = HeldReader(READERS[reader](author))
+    held = HeldReader(READERS[reader](author), marker="bio")
     held.start()
     # The reader is parked after its SELECT, holding the fill lease.
     assert redis.get(keys.lease) is not None
@@ -207,7 +154,7 @@ def test_a_reader_between_a_write_and_its_commit_cannot_leave_the_old_row(redis,
     keys = keys_of(Author, author.pk)
     with transaction.atomic():
         WRITERS[writer](models.QuerySet(Author).get(pk=author.pk))
-        held = HeldReader(READERS["get-pk"](author))
+        held = HeldReader(READERS["get-pk"](author), marker="bio")
         held.start()  # its SELECT does not wait for the writer's row lock
         assert redis.get(keys.lease) is not None
     assert redis.exists(keys.lease) == 0  # the commit voided the lease taken before it

@@ -37,7 +37,7 @@ from cachepatterns_app.keys import model_label
 from cachepatterns_app.patterns.write_through import WriteThroughRowCache
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import get_store
-from tests.support import SQLITE, Worker, keys_of, settle, wait_until
+from tests.support import SQLITE, HeldReader, Worker, keys_of, settle, wait_until
 from tests.testapp.models import Profile
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -310,36 +310,6 @@ def test_a_put_arriving_after_a_later_bulk_write_or_delete_leaves_no_older_row(r
 # -- a reader's fill against a writer's put ---------------------------------------------
 
 
-class HeldReader:
-    """A reader thread paused right after the SELECT that loaded the whole row."""
-
-    def __init__(self, read: Callable[[], Any]) -> None:
-        self.loaded = threading.Event()
-        self._go = threading.Event()
-        self._read = read
-        self.worker = Worker(self._run, name="held-reader")
-
-    def _hold(self, execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        result = execute(sql, params, many, context)
-        # The whole-row SELECT (the pk lookup of get(handle=) selects no score).
-        if not self.loaded.is_set() and sql.lstrip().upper().startswith("SELECT") and "score" in sql:
-            self.loaded.set()
-            assert self._go.wait(15), "the test never released the reader"
-        return result
-
-    def _run(self) -> Any:
-        with connection.execute_wrapper(self._hold):
-            return self._read()
-
-    def start(self) -> None:
-        self.worker.start()
-        assert self.loaded.wait(15), "the reader never ran its SELECT"
-
-    def release(self) -> Any:
-        self._go.set()
-        return self.worker.result()
-
-
 READERS: dict[str, Callable[[Profile], Callable[[], Any]]] = {
     "get-pk": lambda p: lambda: Profile.objects.get(pk=p.pk),
     "get-handle": lambda p: lambda: Profile.objects.get(handle=p.handle),
@@ -366,7 +336,7 @@ def test_a_reader_fill_never_replaces_a_newer_put(redis, reader, write, version_
     # The value expired (its version key lives longer, unless it expired too): readers miss.
     redis.delete(keys.value, *([keys.version] if version_key == "expired" else []))
 
-    held = HeldReader(READERS[reader](profile))
+    held = HeldReader(READERS[reader](profile), marker="score")
     held.start()
     assert redis.get(keys.lease) is not None  # the reader holds the fill lease
     READ_RACE_WRITES[write](profile.pk, "new")  # commits version 2 (or deletes) and puts/invalidates
