@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.test import override_settings
 
 from cachepatterns_app import cache_aside, invalidation, write_through
@@ -26,6 +26,7 @@ from cachepatterns_app.keys import model_label, plain_keys
 from cachepatterns_app.models import PendingInvalidation
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import get_store
+from tests.profiles import db_row, existing, orm, state
 from tests.support import PrivateRedis, SelectCounter, cachepatterns, keys_of, private_redis, settle
 from tests.testapp.models import Profile
 
@@ -62,31 +63,11 @@ def cached(server: PrivateRedis, pk: Any) -> Profile | None:
     return cast(Profile, cache.decode(raw, "default"))
 
 
-def orm() -> models.QuerySet[Profile]:
-    """Return a plain QuerySet of profiles: the database, never the cache."""
-    return models.QuerySet(Profile)
-
-
-def existing(pk: Any) -> Profile:
-    """Return row ``pk`` from the database; it must exist."""
-    found = db_row(pk)
-    assert found is not None, f"row {pk} is not in the database"
-    return found
-
-
 def cached_entry(server: Any, pk: Any) -> Profile:
     """Return the row cached for ``pk``; it must be cached."""
     entry = cached(server, pk)
     assert entry is not None, f"row {pk} is not cached"
     return entry
-
-
-def db_row(pk: Any) -> Profile | None:
-    return orm().filter(pk=pk).first()
-
-
-def state(profile: Profile) -> tuple[Any, ...]:
-    return (profile.pk, profile.handle, profile.name, profile.score, profile.version)
 
 
 def cached_profile(server: PrivateRedis) -> Profile:

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import pytest
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, connection, models, transaction
+from django.db import DatabaseError, OperationalError, transaction
 from django.db.models import F
 
 from cachepatterns_app import store as store_module
@@ -37,7 +37,16 @@ from cachepatterns_app.keys import model_label
 from cachepatterns_app.patterns.write_through import WriteThroughRowCache
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import get_store
-from tests.support import SQLITE, HeldReader, Worker, keys_of, settle, wait_until
+from tests.profiles import (
+    assert_cached_is_db_or_absent,
+    cached,
+    cached_entry,
+    db_row,
+    existing,
+    orm,
+    state,
+)
+from tests.support import HeldReader, Worker, keys_of, settle, sqlite_wal, wait_until
 from tests.testapp.models import Profile
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,71 +67,11 @@ return 1
 
 @pytest.fixture(autouse=True)
 def _sqlite_wal() -> Iterator[None]:
-    """
-    On SQLite, let a held reader keep its open SELECT while writers commit.
-
-    In rollback-journal mode the reader's SHARED lock would block every COMMIT;
-    in WAL mode the reader keeps its snapshot, which is what MySQL gives.
-    """
-    if not SQLITE:
+    with sqlite_wal():
         yield
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("PRAGMA journal_mode=WAL")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode=DELETE")
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def cached(redis: Any, pk: Any) -> Profile | None:
-    """Return the row cached for ``pk``, decoded by the library's codec, or None."""
-    raw = redis.get(keys_of(Profile, pk).value)
-    if raw is None:
-        return None
-    cache = row_cache_for(Profile)
-    assert cache is not None
-    return cast(Profile, cache.decode(raw, "default"))
-
-
-def orm() -> models.QuerySet[Profile]:
-    """Return a plain QuerySet of profiles: the database, never the cache."""
-    return models.QuerySet(Profile)
-
-
-def existing(pk: Any) -> Profile:
-    """Return row ``pk`` from the database; it must exist."""
-    found = db_row(pk)
-    assert found is not None, f"row {pk} is not in the database"
-    return found
-
-
-def cached_entry(redis: Any, pk: Any) -> Profile:
-    """Return the row cached for ``pk``; it must be cached."""
-    entry = cached(redis, pk)
-    assert entry is not None, f"row {pk} is not cached"
-    return entry
-
-
-def db_row(pk: Any) -> Profile | None:
-    return orm().filter(pk=pk).first()
-
-
-def state(profile: Profile) -> tuple[Any, ...]:
-    return (profile.pk, profile.handle, profile.name, profile.score, profile.version)
-
-
-def assert_cached_is_db_or_absent(redis: Any, pk: Any) -> None:
-    entry = cached(redis, pk)
-    if entry is None:
-        return
-    row = db_row(pk)
-    assert row is not None, f"row {pk} was deleted but is still cached: {state(entry)}"
-    assert state(entry) == state(row), "the cache holds an older row than the database"
 
 
 class HeldPuts:
