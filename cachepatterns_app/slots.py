@@ -21,7 +21,7 @@ class Slot:
     member: str  # the formatted key
 
     def read(self, store: Store, token: str, lease_ms: int) -> list[Any]:
-        """Return ``[state, value?, pttl?, generation]`` as ``read.lua`` states it."""
+        """Return ``[state, value?, generation]`` (``read.lua``'s answer, plus the generation)."""
         raise NotImplementedError
 
     def fill(self, token: str, generation: Any, payload: bytes, ttl: int) -> Command:
@@ -82,7 +82,7 @@ class FamilySlot(Slot):
             (self.keys.generation,),
             (self.keys.base, self.member, token, lease_ms, self.generation_ttl),
         )
-        # family_read answers [state, generation, value?, pttl?].
+        # family_read answers [state, generation, value?].
         return [reply[0], *reply[2:], reply[1]]
 
     def fill(self, token: str, generation: Any, payload: bytes, ttl: int) -> Command:

@@ -18,7 +18,7 @@ if not gen then
 end
 local value = redis.call('GET', ARGV[1] .. ':v:' .. gen .. ':' .. ARGV[2])
 if value then
-  return {1, gen, value, redis.call('PTTL', ARGV[1] .. ':v:' .. gen .. ':' .. ARGV[2])}
+  return {1, gen, value}
 end
 if redis.call('SET', ARGV[1] .. ':l:' .. gen .. ':' .. ARGV[2], ARGV[3], 'NX', 'PX', ARGV[4]) then
   return {2, gen}

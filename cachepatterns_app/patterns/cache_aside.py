@@ -50,8 +50,6 @@ _json = JSONSerializer()
 class RowCache:
     """Read model rows through Redis. Subclasses change how fills and writes store."""
 
-    pattern = "cache_aside"
-
     def __init__(self, model: type[Model], *, ttl: int | None = UNSET) -> None:
         # Managers build this while Django is still building the model class, so
         # everything derived from the model's fields is computed on first use.
@@ -134,7 +132,6 @@ class RowCache:
                     return self._query(read_db).get(pk=pk)
                 continue
             stats.record("hit", self.label)
-            self.on_hit(keys, pk, reply[2])
             return instance
 
     def get_by_unique(self, field_name: str, value: Any, read_db: str) -> Model:
@@ -292,9 +289,6 @@ class RowCache:
     def _release_leases(self, leases: Sequence[str], token: str) -> None:
         if leases:
             self._store().send_no_reply([("EVAL", SCRIPTS["release"], 1, lease, token) for lease in leases])
-
-    def on_hit(self, keys: RowKeys, pk: Any, pttl: int) -> None:
-        """Hook for refresh-ahead: called on every hit with the key's remaining TTL (ms)."""
 
     # -- encoding --------------------------------------------------------------------
 

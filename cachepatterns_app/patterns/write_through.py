@@ -76,8 +76,6 @@ class _NextVersion(Expression):
 class WriteThroughRowCache(RowCache):
     """Row cache whose saves put the fresh row, ordered by a version field."""
 
-    pattern = "write_through"
-
     def __init__(
         self, model: type[Model], *, ttl: int | None = UNSET, version_field: str = "version"
     ) -> None:
