@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.cache import cache
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
@@ -62,8 +62,8 @@ class RowBench:
         if rows is None:
             raise RuntimeError("bench.Author has no row cache: is CacheAsideManager its manager?")
         self.rows = rows
-        self.hit_keys = self.rows.keys(HIT_PK)
-        self.miss_keys = self.rows.keys(MISS_PK)
+        self.hit_keys = self.rows.keys(HIT_PK, DEFAULT_DB_ALIAS)
+        self.miss_keys = self.rows.keys(MISS_PK, DEFAULT_DB_ALIAS)
         self.checks: dict[str, str] = {}
 
     # -- preparation -----------------------------------------------------------------
@@ -74,12 +74,12 @@ class RowBench:
         wait_for_key(self.redis, self.hit_keys.value)
         Author.objects.get_many(ROW_PKS)
         for pk in ROW_PKS:
-            wait_for_key(self.redis, self.rows.keys(pk).value)
+            wait_for_key(self.redis, self.rows.keys(pk, DEFAULT_DB_ALIAS).value)
         self.payload: bytes = self.redis.get(self.hit_keys.value)
         cache.set("payload", self.payload, 3600)
         self.read_sha = self.redis.script_load(SCRIPTS["read"])
         self.wt_read = Profile.objects.get(pk=WT_READ_PK)
-        self.wt_read_keys = row_cache_for(Profile).keys(WT_READ_PK)  # type: ignore[union-attr]
+        self.wt_read_keys = row_cache_for(Profile).keys(WT_READ_PK, DEFAULT_DB_ALIAS)  # type: ignore[union-attr]
 
     def run_checks(self) -> dict[str, str]:
         """Record what each measured path costs in SQL queries (a hit must cost none)."""

@@ -17,11 +17,12 @@ from typing import Any
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import Model
 
+from cachepatterns_app import params as param_fields
 from cachepatterns_app.exceptions import ConfigurationError
-from cachepatterns_app.families import Command, Family
-from cachepatterns_app.keys import KeyTemplate, plain_keys
+from cachepatterns_app.families import Family
+from cachepatterns_app.keys import KeyTemplate
 
-__all__ = ["KeyTarget", "Signature", "default_key", "dependency_params"]
+__all__ = ["Signature", "default_key", "dependency_params"]
 
 _SELF = ("self", "cls")
 
@@ -83,26 +84,14 @@ def default_key(fn: Callable[..., Any], names: list[str]) -> str:
     return ":".join(parts)
 
 
-class KeyTarget:
-    """A single key (no family) as the target of ``depends_on``."""
-
-    def __init__(self, key: KeyTemplate) -> None:
-        self.template = key
-        self.label = key.template
-
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return self.template.fields
-
-    def bump(self, params: Mapping[str, Any]) -> tuple[Command, str]:
-        keys = plain_keys(self.template.format(params))
-        return ("DEL", keys.value, keys.lease), self.label
-
-
 def dependency_params(
-    fn: Callable[..., Any], model: type[Model], spec: Any, target: Family | KeyTarget
+    fn: Callable[..., Any], model: type[Model], spec: Any, target: Family, key: KeyTemplate
 ) -> tuple[Callable[[Model], list[dict[str, Any]]], tuple[str, ...]]:
-    """Return (row -> list of params, fields read) for one ``depends_on`` entry."""
+    """
+    Return (row -> list of params, fields read) for one ``depends_on`` entry, and
+    record which field each mapped parameter stands for (in ``target``'s and in
+    ``key``'s templates), so that calls are keyed by the field's canonical value.
+    """
     where = f"{fn.__qualname__}: depends_on[{model.__name__}]"
     if not (isinstance(model, type) and issubclass(model, Model)):
         raise ConfigurationError(f"{fn.__qualname__}: depends_on keys must be model classes, not {model!r}.")
@@ -122,7 +111,15 @@ def dependency_params(
                 field = model._meta.get_field(attribute)
             except FieldDoesNotExist as e:
                 raise ConfigurationError(f"{where}: {model.__name__} has no field {attribute!r}.") from e
+            if not getattr(field, "concrete", False) or field.many_to_many:
+                raise ConfigurationError(
+                    f"{where}: {model.__name__}.{attribute} is not a column of the row; map a "
+                    "field (or a foreign key), or use a callable."
+                )
             attrs[param] = str(getattr(field, "attname", None) or attribute)
+            for template in (target.label, key.template):
+                if param in KeyTemplate(template).fields:
+                    param_fields.register(template, param, field, where)  # type: ignore[arg-type]
         missing = set(target.fields) - set(attrs)
         if missing:
             raise ConfigurationError(f"{where}: no attribute given for {', '.join(sorted(missing))}.")

@@ -118,6 +118,14 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             "Use 1-64 characters from letters, digits and _.:- (no braces: they would break "
             "Redis Cluster hash tags).",
         )
+    deployment = values["DEPLOYMENT_ID"]
+    if deployment is not None and (not isinstance(deployment, str) or not _PREFIX.fullmatch(deployment)):
+        bad(
+            "DEPLOYMENT_ID",
+            f"is {deployment!r}.",
+            "Use None (derived from each database's ENGINE/HOST/PORT/NAME) or 1-64 characters from "
+            "letters, digits and _.:- naming this deployment (e.g. 'staging').",
+        )
     breaker = values["CIRCUIT_BREAKER"]
     if (
         isinstance(breaker["THRESHOLD"], bool)

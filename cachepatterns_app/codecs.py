@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Field, Model, signals
 from django.db.models.base import ModelState
@@ -88,7 +89,7 @@ def _converters(field: Field[Any, Any]) -> tuple[Convert, Convert]:
             lambda v: json.loads(v, cls=decoder),
         )
     if isinstance(field, models.DateTimeField):
-        return _datetime_out, datetime.datetime.fromisoformat
+        return _datetime_out, _aware_datetime if settings.USE_TZ else datetime.datetime.fromisoformat
     if isinstance(field, models.DateField):
         return datetime.date.isoformat, datetime.date.fromisoformat
     if isinstance(field, models.TimeField):
@@ -115,6 +116,49 @@ def _converters(field: Field[Any, Any]) -> tuple[Convert, Convert]:
     ):
         return _identity, _identity
     return _fallback(field)
+
+
+_TEXT = (str,)
+
+
+def _stored_types(field: Field[Any, Any]) -> tuple[type, ...]:
+    """
+    Return the plain-value types the encoded form of ``field`` can have. A payload
+    holding anything else was not written by this code for this layout (a hand edit,
+    another program, a bug), so it is refused instead of handed to the caller.
+    """
+    if isinstance(field, models.ForeignKey):
+        return _stored_types(field.target_field)
+    if isinstance(field, models.GeneratedField):
+        return _stored_types(cast("Field[Any, Any]", field.output_field))
+    if isinstance(field, models.BooleanField):
+        return (bool,)
+    if isinstance(field, models.IntegerField | models.AutoField | models.DurationField):
+        return (int,)
+    if isinstance(field, models.FloatField):
+        return (float, int)
+    if isinstance(
+        field,
+        models.CharField
+        | models.TextField
+        | models.GenericIPAddressField
+        | models.JSONField
+        | models.DateField
+        | models.TimeField
+        | models.DecimalField
+        | models.UUIDField
+        | models.BinaryField
+        | models.FileField,
+    ):
+        return _TEXT
+    return (str, int, float, bool, list)
+
+
+def _aware_datetime(value: str) -> datetime.datetime:
+    parsed = datetime.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError("a naive datetime where the database returns aware ones (USE_TZ)")
+    return parsed
 
 
 def _fallback(field: Field[Any, Any]) -> tuple[Convert, Convert]:
@@ -152,6 +196,14 @@ class RowCodec:
         pairs = [_converters(f) for f in fields]
         self._encoders = [(i, enc) for i, (enc, _) in enumerate(pairs) if enc is not _identity]
         self._decoders = [(i, dec) for i, (_, dec) in enumerate(pairs) if dec is not _identity]
+        self._encode_by_name = {f.attname: enc for f, (enc, _) in zip(fields, pairs, strict=True)}
+        self._decode_by_name = {f.attname: dec for f, (_, dec) in zip(fields, pairs, strict=True)}
+        #: (index, types its plain value may have): None only where the column is nullable.
+        self._checks = [
+            (i, frozenset(_stored_types(f)) | ({type(None)} if f.null else frozenset()))
+            for i, f in enumerate(fields)
+        ]
+        self._not_null = [i for i, f in enumerate(fields) if not f.null]
         layout = "|".join(f"{f.attname}:{f.get_internal_type()}" for f in fields)
         digest = hashlib.sha256(f"{CODEC_VERSION}|{self.label}|{layout}".encode()).hexdigest()
         self.fingerprint = digest[:10]
@@ -172,6 +224,12 @@ class RowCodec:
                 f"Cannot cache a {self.label} with deferred field {e.args[0]!r}; load "
                 "the full row (no only()/defer())."
             ) from None
+        for index in self._not_null:
+            if values[index + 1] is None:
+                raise SerializationError(
+                    f"Cannot cache a {self.label} whose non-null field "
+                    f"{self.attnames[index]!r} is None; a cached copy would be refused on read."
+                )
         for index, encode in self._encoders:
             value = values[index + 1]
             if value is not None:
@@ -183,6 +241,14 @@ class RowCodec:
                     ) from e
         return values
 
+    def encode_field(self, attname: str, value: Any) -> Any:
+        """Return the plain-value form of one field's ``value``."""
+        return value if value is None else self._encode_by_name[attname](value)
+
+    def decode_field(self, attname: str, value: Any) -> Any:
+        """Return the field value whose plain-value form is ``value``."""
+        return value if value is None else self._decode_by_name[attname](value)
+
     def decode(self, values: Sequence[Any], db: str) -> Model:
         """Return the instance encoded in ``values``, as if loaded from database ``db``."""
         if not isinstance(values, list) or len(values) != self._width or values[0] != self.fingerprint:
@@ -191,6 +257,12 @@ class RowCodec:
                 "it was written by other code and is discarded."
             )
         row = values[1:]
+        for index, allowed in self._checks:
+            if type(row[index]) not in allowed:
+                raise SerializationError(
+                    f"Cached {self.label}.{self.attnames[index]} holds a "
+                    f"{type(row[index]).__name__}, which this field never stores; discarded."
+                )
         for index, decode in self._decoders:
             value = row[index]
             if value is not None:

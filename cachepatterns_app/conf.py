@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     "DEGRADE_ON_FAILURE": True,
     "LOCK_TIMEOUT": 10,
     "STATS": True,
+    # Not in the original contract: names this deployment's databases in every key
+    # (None: derived from each database's ENGINE/HOST/PORT/NAME; see identity.py).
+    "DEPLOYMENT_ID": None,
     # Not in the original contract; added because an outage policy needs both numbers.
     "CIRCUIT_BREAKER": {"THRESHOLD": 1, "COOLDOWN": 5.0},
     "WRITE_BEHIND": {

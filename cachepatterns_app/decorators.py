@@ -15,16 +15,18 @@ is stored under its key, so the next read is a hit with the new value.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 
+from cachepatterns_app import params as param_fields
 from cachepatterns_app import stats
-from cachepatterns_app.arguments import KeyTarget, Signature, default_key, dependency_params
+from cachepatterns_app.arguments import Signature, default_key, dependency_params
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import (
     CacheUnavailable,
@@ -33,6 +35,7 @@ from cachepatterns_app.exceptions import (
     ValueTooLarge,
 )
 from cachepatterns_app.families import Family
+from cachepatterns_app.identity import NotCanonical, database_identity
 from cachepatterns_app.invalidation import after_commit, has_pending_writes, queue_for_retry
 from cachepatterns_app.keys import KeyTemplate
 from cachepatterns_app.leases import (
@@ -46,6 +49,7 @@ from cachepatterns_app.leases import (
 )
 from cachepatterns_app.registry import Dependency, register_dependency, row_cache_for
 from cachepatterns_app.results import dumps_result, loads_result, materialise
+from cachepatterns_app.signals import connect_model
 from cachepatterns_app.slots import FamilySlot, PlainSlot, Slot
 from cachepatterns_app.store import get_store, new_token
 
@@ -60,23 +64,59 @@ FAMILY_TTL_WITHOUT_DEFAULT = 86400
 
 
 def _open_connections() -> list[str]:
+    # Only connections this thread has already made: no connection is opened (or
+    # refused by a test runner) to answer "did this transaction write?".
     return [c.alias for c in connections.all(initialized_only=True)] or [DEFAULT_DB_ALIAS]
+
+
+class _UsedDatabases:
+    """Record which databases a computation ran SQL on, without opening any other."""
+
+    def __init__(self) -> None:
+        self.aliases: set[str] = set()
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for connection in connections.all():
+                stack.enter_context(connection.execute_wrapper(self._wrapper(connection.alias)))
+            yield
+
+    def _wrapper(self, alias: str) -> Callable[..., Any]:
+        def record(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
+            self.aliases.add(alias)
+            return execute(sql, params, many, context)
+
+        return record
 
 
 class Target:
     """Where one decorated function stores its results: a key template, maybe in a family."""
 
-    def __init__(self, fn: Callable[..., Any], key: str | None, family: str | None, ttl: Any) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        key: str | None,
+        family: str | None,
+        ttl: Any,
+        using: str | None = None,
+        implicit_family: bool = False,
+    ) -> None:
         names = Signature(fn, []).names
         self.key = KeyTemplate(key or default_key(fn, names))
+        if family is None and implicit_family:
+            # depends_on without a family: the key is its own family, so that its
+            # invalidation can reach every spelling the database treats as equal.
+            family = self.key.template
         self.family = Family(family) if family else None
-        if self.family is not None and ttl is None:
+        if self.family is not None and ttl is None and not implicit_family:
             raise ConfigurationError(
                 f"{fn.__qualname__}: a family member needs a TTL (old generations are only "
                 "reclaimed by expiry); give ttl= in seconds."
             )
         self.signature = Signature(fn, [self.key] + ([self.family.template] if self.family else []))
         self._ttl = ttl
+        self.using = using
         self.label = self.key.template
 
     @property
@@ -86,13 +126,22 @@ class Target:
             return FAMILY_TTL_WITHOUT_DEFAULT
         return ttl  # type: ignore[no-any-return]
 
-    def slot(self, params: dict[str, Any]) -> Slot:
-        """Return the Redis home of the result for ``params``."""
-        member = self.key.format(params)
+    def member(self, params: dict[str, Any]) -> str:
+        """Return the formatted key (``NotCanonical`` if a mapped value cannot be keyed)."""
+        mapped = param_fields.fields_of(self.key.template)
+        if not mapped:
+            return self.key.format(params)
+        convert = {param: (lambda v, f=field: param_fields.exact(f, v)) for param, field in mapped.items()}
+        return self.key.format(params, convert)
+
+    def slot(self, params: dict[str, Any], using: str | None = None) -> Slot:
+        """Return the Redis home of the result for ``params`` (of database ``using``)."""
+        member = self.member(params)
+        alias = using or self.using or DEFAULT_DB_ALIAS
         if self.family is None:
-            return PlainSlot(member)
+            return PlainSlot(database_identity(alias), member)
         ttl = self.ttl
-        return FamilySlot(self.family, params, member, companion_ttl_ms(int(ttl * 1000) if ttl else 0))
+        return FamilySlot(self.family, params, member, companion_ttl_ms(int(ttl * 1000) if ttl else 0), alias)
 
 
 class CachedFunction:
@@ -105,9 +154,10 @@ class CachedFunction:
         ttl: Any,
         family: str | None,
         depends_on: Mapping[type[Model], Any] | None,
+        using: str | None = None,
     ) -> None:
         self.fn = fn
-        self.target = Target(fn, key, family, ttl)
+        self.target = Target(fn, key, family, ttl, using, implicit_family=bool(depends_on))
         self.signature = self.target.signature
         missing = set(self.signature.names) - set(self.target.key.fields)
         if missing:
@@ -118,16 +168,22 @@ class CachedFunction:
             )
         self.label = self.target.label
         family_ = self.target.family
-        depends_target: Family | KeyTarget = family_ if family_ is not None else KeyTarget(self.target.key)
         #: The label under which writes of ``depends_on`` rows are recorded.
-        self.dependency_label = depends_target.label
+        self.dependency_label = family_.label if family_ is not None else self.label
         for model, spec in (depends_on or {}).items():
-            params, fields = dependency_params(fn, model, spec, depends_target)
-            register_dependency(Dependency(model, depends_target, params, fields))
+            assert family_ is not None  # implicit_family made one
+            params, fields = dependency_params(fn, model, spec, family_, self.target.key)
+            register_dependency(Dependency(model, family_, params, fields))
+            connect_model(model)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         params = self.signature.params(args, kwargs)
-        slot = self.target.slot(params)
+        try:
+            slot = self.target.slot(params)
+        except NotCanonical:
+            # A value its field cannot hold (the function will say so, or return nothing).
+            stats.record("bypass", self.label)
+            return self._compute(args, kwargs)
         if any(has_pending_writes(alias, self.dependency_label) for alias in _open_connections()):
             # This transaction changed rows the result depends on: show it its writes.
             stats.record("bypass", self.label)
@@ -148,6 +204,9 @@ class CachedFunction:
                 stats.record("bypass", self.label)
                 return self._compute(args, kwargs)
             if reply[0] == LEASED:
+                if reply[1]:
+                    logger.warning("Repaired a cache entry of %s (flags %s)", self.fn.__qualname__, reply[1])
+                    stats.record("corrupt", self.label)
                 return self._load_and_fill(args, kwargs, slot, token, reply[-1])
             try:
                 value = loads_result(reply[1])
@@ -168,13 +227,16 @@ class CachedFunction:
         self, args: tuple[Any, ...], kwargs: dict[str, Any], slot: Slot, token: str, generation: Any
     ) -> Any:
         stats.record("miss", self.label)
-        allowed = all(fill_allowed(alias) for alias in _open_connections())
         store = get_store()
+        used = _UsedDatabases()
         try:
-            value = self._compute(args, kwargs)
+            with used.watching():
+                value = self._compute(args, kwargs)
         except BaseException:
             store.send_no_reply([slot.release(token, generation)])
             raise
+        # Only the databases the function read decide whether its result may be stored.
+        allowed = all(fill_allowed(alias) for alias in used.aliases)
         payload = self._encode(value) if allowed else None
         if payload is None:
             store.send_no_reply([slot.release(token, generation)])
@@ -204,7 +266,10 @@ class CachedFunction:
 
     def forget(self, params: Mapping[str, Any], using: str) -> None:
         """Forget the result cached for ``params`` once ``using`` commits."""
-        slot = self.target.slot(self.signature.with_defaults(params))
+        try:
+            slot = self.target.slot(self.signature.with_defaults(params))
+        except NotCanonical:
+            return  # nothing can be cached under a value its field cannot hold
         after_commit([(slot.forget(), self.label)], using)
 
 
@@ -220,18 +285,21 @@ def cache_aside(
     ttl: int | None = UNSET,
     family: str | None = None,
     depends_on: Mapping[type[Model], Any] | None = None,
+    using: str | None = None,
 ) -> Callable[[F], F]:
     """
     Cache the function's result under ``key`` (formatted from its arguments).
 
     ``family`` groups keys for O(1) invalidation; ``depends_on`` maps models to the
     attribute (or callable) that gives the family parameters of a changed row.
-    The decorated function gains ``.invalidate(using=None, **params)``,
+    ``using`` names the database the function reads (default ``"default"``): its
+    results are keyed under that database's identity, and only writes to it
+    invalidate them. The decorated function gains ``.invalidate(using=None, **params)``,
     ``.key(**params)`` and ``.cached`` (the state object).
     """
 
     def decorate(fn: F) -> F:
-        cached = CachedFunction(fn, key, ttl, family, depends_on)
+        cached = CachedFunction(fn, key, ttl, family, depends_on, using)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -243,7 +311,7 @@ def cache_aside(
 
         def key_of(**params: Any) -> str:
             """Return the logical key of the result for ``params`` (defaults filled in)."""
-            return cached.target.key.format(cached.signature.with_defaults(params))
+            return cached.target.member(cached.signature.with_defaults(params))
 
         wrapper.invalidate = invalidate  # type: ignore[attr-defined]
         wrapper.key = key_of  # type: ignore[attr-defined]
@@ -254,7 +322,7 @@ def cache_aside(
 
 
 def write_through(
-    key: str | None = None, *, ttl: int | None = UNSET, family: str | None = None
+    key: str | None = None, *, ttl: int | None = UNSET, family: str | None = None, using: str | None = None
 ) -> Callable[[F], F]:
     """
     Store the writer's return value under ``key`` once its transaction commits.
@@ -267,7 +335,7 @@ def write_through(
     """
 
     def decorate(fn: F) -> F:
-        target = Target(fn, key, family, ttl)
+        target = Target(fn, key, family, ttl, using)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -281,9 +349,14 @@ def write_through(
 
 
 def _schedule_put(target: Target, params: dict[str, Any], value: Any) -> None:
-    slot = target.slot(params)
     label = target.label
-    using = _db_for(value)
+    using = target.using or _db_for(value)
+    try:
+        # Keyed under the database the value came from: a row of another database
+        # must never land where readers of this one look.
+        slot = target.slot(params, using)
+    except NotCanonical:
+        return
     try:
         payload = dumps_result(value)
     except SerializationError as e:

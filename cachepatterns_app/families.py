@@ -6,6 +6,9 @@ Every member (each cached page of that user's posts) is stored under a key that
 embeds the generation, and it is read together with the generation in one Lua
 call. Invalidating the family increments the counter — one command, whatever the
 number of members — and the old members become unreachable and expire by TTL.
+
+Family parameters that stand for a model field (``depends_on``) are keyed by the
+field's canonical value (see ``params``), so ``"07"`` and ``7`` name one family.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cachepatterns_app.keys import FamilyKeys, KeyTemplate, family_keys
+from cachepatterns_app import params as param_fields
+from cachepatterns_app.identity import database_identity
+from cachepatterns_app.keys import Convert, FamilyKeys, KeyTemplate, family_keys
 
 __all__ = ["Command", "Family"]
 
@@ -32,13 +37,28 @@ class Family:
         """Return the parameter names the template needs."""
         return self.template.fields
 
-    def keys(self, params: Mapping[str, Any]) -> FamilyKeys:
-        """Return the keys of the family named by ``params``."""
-        return family_keys(self.template.format(params))
+    def name(self, params: Mapping[str, Any], using: str) -> str:
+        """Return the formatted family name (``NotCanonical`` if a value cannot be keyed)."""
+        mapped = param_fields.fields_of(self.label)
+        if not mapped:
+            return self.template.format(params)
+        convert: dict[str, Convert] = {param: _grouping(field, using) for param, field in mapped.items()}
+        return self.template.format(params, convert)
 
-    def bump(self, params: Mapping[str, Any]) -> tuple[Command, str]:
+    def keys(self, params: Mapping[str, Any], using: str = "default") -> FamilyKeys:
+        """Return the keys of the family named by ``params`` for database ``using``."""
+        return family_keys(database_identity(using), self.name(params, using))
+
+    def bump(self, params: Mapping[str, Any], using: str = "default") -> tuple[Command, str]:
         """Return the command (and stats label) that invalidates the family ``params`` names."""
-        return ("SCRIPT", "family_bump", (self.keys(params).generation,), ()), self.label
+        return ("SCRIPT", "family_bump", (self.keys(params, using).generation,), ()), self.label
 
     def __repr__(self) -> str:
         return f"Family({self.label!r})"
+
+
+def _grouping(field: Any, using: str) -> Convert:
+    def convert(value: Any) -> Any:
+        return param_fields.grouped(field, value, using)
+
+    return convert

@@ -1,25 +1,28 @@
 """
 Build every Redis key the app uses. Nothing else formats a key.
 
-Layout (``cp`` is ``KEY_PREFIX``)::
+Layout (``cp`` is ``KEY_PREFIX``; ``<db>`` is the database identity token of
+:func:`~cachepatterns_app.identity.database_identity`)::
 
-    cp:{blog.post:42}              a cached row            (value)
-    cp:{blog.post:42}:l            its fill lease           (single flight, no stale set)
-    cp:{blog.post:42}:v            its version             (write-through ordering)
-    cp:{blog.post:slug=hello}      unique-field pointer    (holds the pk)
-    cp:{f:user:1:posts}:gen        a family's generation
-    cp:{f:user:1:posts}:v:<gen>:<member>   a family member's value
-    cp:{f:user:1:posts}:l:<gen>:<member>   its fill lease
-    cp:{k:<key>}  cp:{k:<key>}:l  cp:{k:<key>}:v   a decorated key outside families
+    cp:{<db>:blog.post:42}              a cached row            (value)
+    cp:{<db>:blog.post:42}:l            its fill lease           (single flight, no stale set)
+    cp:{<db>:blog.post:42}:v            its version             (write-through ordering)
+    cp:{<db>:blog.post:slug=hello}      unique-field pointer    (holds the pk)
+    cp:{f:<db>:user:1:posts}:gen        a family's generation
+    cp:{f:<db>:user:1:posts}:v:<gen>:<member>   a family member's value
+    cp:{f:<db>:user:1:posts}:l:<gen>:<member>   its fill lease
+    cp:{k:<db>:<key>}  cp:{k:<db>:<key>}:l  cp:{k:<db>:<key>}:v   a decorated key outside families
 
 The part in braces is a Redis Cluster hash tag: everything that one Lua script
 or one transaction touches lives in one slot, so the app runs unchanged on a
 cluster.
 
-User-supplied parts go through :func:`normalise`, which is injective: a part made
-only of ``[A-Za-z0-9_.@-]`` (at most 64 of them) stays as it is, anything else
-becomes ``~`` plus a 130-bit hash of its text. Since ``~`` is not in the safe set,
-a kept part never equals a hashed one; braces, spaces, ``*?[]``, ``:`` and
+Every value in a key goes through :func:`key_part`, which is injective over
+(type, value): a string made only of ``[A-Za-z0-9_.@-]`` (at most 64 of them,
+and not spelling an integer) and an ``int`` stay readable; anything else becomes
+``~`` plus a 130-bit hash of its type and text. ``~`` is not in the safe set, so
+a kept part never equals a hashed one, and ``1``, ``"1"``, ``1.0``, ``True``,
+``None`` and ``"None"`` all key apart. Braces, spaces, ``*?[]``, ``:`` and
 non-ASCII never reach Redis.
 """
 
@@ -33,7 +36,7 @@ import hashlib
 import re
 import string
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +50,7 @@ __all__ = [
     "PlainKeys",
     "RowKeys",
     "family_keys",
+    "key_part",
     "key_text",
     "model_label",
     "normalise",
@@ -56,38 +60,41 @@ __all__ = [
 ]
 
 _SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+#: Strings that spell an integer are hashed, so that ``"7"`` never keys like ``7``.
+_INTEGER = re.compile(r"-?[0-9]+")
 _HASH_MARK = "~"
 
 
-def normalise(text: str) -> str:
-    """Return ``text`` as a key part that is safe for Redis and unique to ``text``."""
-    if _SAFE.fullmatch(text):
-        return text
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+def _hashed(tag: str, text: str) -> str:
+    digest = hashlib.sha256(f"{tag}\x00{text}".encode("utf-8", "surrogatepass")).digest()
     return _HASH_MARK + base64.b32encode(digest).decode("ascii")[:26].lower()
 
 
-def key_text(value: Any, name: str = "value") -> str:
-    """
-    Return the text a key uses for ``value``.
+def normalise(text: str) -> str:
+    """Return the string ``text`` as a key part that is safe for Redis and unique to it."""
+    if _SAFE.fullmatch(text) and not _INTEGER.fullmatch(text):
+        return text
+    return _hashed("s", text)
 
-    Values are keyed by their text, so ``1`` and ``"1"`` share a key. Types without
-    a stable text (containers, arbitrary objects) raise ``TypeError`` naming
-    ``name``, because keying them by ``repr`` would silently vary between processes.
+
+def key_part(value: Any, name: str = "value") -> str:
     """
-    # bool before int: bool is an int subclass but must not be keyed as 0/1.
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool) or value is None:
-        return repr(value)
-    if isinstance(value, int | decimal.Decimal | uuid.UUID):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
+    Return the key part for ``value``: safe for Redis, and different for values that
+    differ in type or text (``1``, ``"1"``, ``True`` and ``1.0`` all differ).
+
+    Saved model instances are keyed by their pk and enums by their value, on
+    purpose. Types without a stable text (containers, arbitrary objects) raise
+    ``TypeError`` naming ``name``, because keying them by ``repr`` would silently
+    vary between processes.
+    """
+    kind = type(value)
+    if kind is int:
+        text = str(value)
+        return text if len(text) <= 64 else _hashed("i", text)
+    if kind is str:
+        return normalise(value)
     if isinstance(value, enum.Enum):
-        return key_text(value.value, name)
+        return key_part(value.value, name)
     if isinstance(value, Model):
         if value.pk is None:
             raise TypeError(
@@ -95,11 +102,36 @@ def key_text(value: Any, name: str = "value") -> str:
                 f"{type(value).__name__} instance is unsaved (pk is None). Save it first "
                 "or pass its primary key."
             )
-        return key_text(value.pk, name)
+        return key_part(value.pk, name)
+    if isinstance(value, str):
+        return normalise(str(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return key_part(int(value), name)
+    return _hashed(*_typed_text(value, name))
+
+
+def _typed_text(value: Any, name: str) -> tuple[str, str]:
+    """Return (type tag, text) for a value that :func:`key_part` hashes."""
+    # bool before int, datetime before date: each is a subclass of the other.
+    if isinstance(value, bool):
+        return "b", "1" if value else "0"
+    if value is None:
+        return "n", ""
+    if isinstance(value, float):
+        return "f", repr(value)
+    if isinstance(value, decimal.Decimal):
+        return "d", str(value)
+    if isinstance(value, uuid.UUID):
+        return "u", value.hex
+    if isinstance(value, datetime.datetime):
+        return "dt", value.isoformat()
+    if isinstance(value, datetime.date):
+        return "da", value.isoformat()
+    if isinstance(value, datetime.time):
+        return "ti", value.isoformat()
     if isinstance(value, tuple):
-        # Elements are normalised (never containing ',', '(' or ')') or are tuples
-        # themselves (always starting with '('), so the text parses back one way only.
-        return "(" + ",".join(_element(v, name) for v in value) + ")"
+        # Elements are key parts (never containing ','), so the text parses back one way only.
+        return "t", ",".join(key_part(v, name) for v in value)
     raise TypeError(
         f"Cannot build a cache key from parameter {name!r} of type "
         f"{type(value).__name__}: keys accept str, int, float, bool, None, Decimal, UUID, "
@@ -108,8 +140,9 @@ def key_text(value: Any, name: str = "value") -> str:
     )
 
 
-def _element(value: Any, name: str) -> str:
-    return key_text(value, name) if isinstance(value, tuple) else normalise(key_text(value, name))
+def key_text(value: Any, name: str = "value") -> str:
+    """Return the key part of ``value`` (kept for callers of the 0.1 name)."""
+    return key_part(value, name)
 
 
 def model_label(model: type[Model]) -> str:
@@ -131,17 +164,16 @@ class RowKeys:
     version: str
 
 
-def row_keys(label: str, pk: Any) -> RowKeys:
-    """Return the keys of the row ``pk`` of the model labelled ``label``."""
-    # Integer primary keys are always safe text: skip the normalisation on the hit path.
-    part = str(pk) if type(pk) is int else normalise(key_text(pk, "pk"))
-    base = _tagged(f"{label}:{part}")
+def row_keys(label: str, db: str, pk: Any) -> RowKeys:
+    """Return the keys of row ``pk`` (already canonical) of model ``label`` in database ``db``."""
+    part = str(pk) if type(pk) is int else key_part(pk, "pk")
+    base = _tagged(f"{db}:{label}:{part}")
     return RowKeys(base, base + ":l", base + ":v")
 
 
-def unique_key(label: str, field: str, value: Any) -> str:
-    """Return the pointer key mapping a unique field's value to the row's pk."""
-    return _tagged(f"{label}:{field}={normalise(key_text(value, field))}")
+def unique_key(label: str, db: str, field: str, value: Any) -> str:
+    """Return the pointer key mapping a unique field's value (as asked) to the row."""
+    return _tagged(f"{db}:{label}:{field}={key_part(value, field)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +185,9 @@ class PlainKeys:
     version: str
 
 
-def plain_keys(key: str) -> PlainKeys:
+def plain_keys(db: str, key: str) -> PlainKeys:
     """Return the keys for a formatted decorator key outside any family."""
-    base = _tagged(f"k:{key}")
+    base = _tagged(f"k:{db}:{key}")
     return PlainKeys(base, base + ":l", base + ":v")
 
 
@@ -171,10 +203,13 @@ class FamilyKeys:
         return f"{self.base}:v:{generation}:{member}", f"{self.base}:l:{generation}:{member}"
 
 
-def family_keys(family: str) -> FamilyKeys:
-    """Return the keys of the formatted family name ``family``."""
-    base = _tagged(f"f:{family}")
+def family_keys(db: str, family: str) -> FamilyKeys:
+    """Return the keys of the formatted family name ``family`` in database ``db``."""
+    base = _tagged(f"f:{db}:{family}")
     return FamilyKeys(base + ":gen", base)
+
+
+Convert = Callable[[Any], Any]
 
 
 class KeyTemplate:
@@ -224,8 +259,12 @@ class KeyTemplate:
             previous_was_field = True
         self.fields = tuple(dict.fromkeys(fields))
 
-    def format(self, params: Mapping[str, Any]) -> str:
-        """Return the template filled with normalised ``params``."""
+    def format(self, params: Mapping[str, Any], convert: Mapping[str, Convert] | None = None) -> str:
+        """
+        Return the template filled with ``params``, each passed through
+        ``convert[name]`` first where given (the canonical form of a value the
+        database treats as equal to others), then :func:`key_part`.
+        """
         out: list[str] = []
         for literal, field in self._parts:
             out.append(literal)
@@ -236,7 +275,9 @@ class KeyTemplate:
                     raise TypeError(
                         f"Key template {self.template!r} needs parameter {field!r}, which was not given."
                     ) from None
-                out.append(normalise(key_text(value, field)))
+                if convert is not None and field in convert:
+                    value = convert[field](value)
+                out.append(key_part(value, field))
         return "".join(out)
 
     def __repr__(self) -> str:

@@ -213,34 +213,35 @@ class CachedQuerySet(InvalidatingQuerySet[M]):
         """Return ``{pk: instance}`` for the existing rows among ``pks``."""
         cache = row_cache_for(self.model)
         pks = list(pks)
+        cache_db = router.db_for_write(self.model)
+        db = _db(self)
         if (
             cache is None
             or not self._pristine()
-            or not _default_db(self.model, _db(self))
-            or has_pending_writes(_db(self) or router.db_for_write(self.model), cache.label)
+            or (db is not None and db != cache_db)
+            or has_pending_writes(cache_db, cache.label)
         ):
             return self.in_bulk(pks)
-        return cache.get_many(pks, _db(self) or router.db_for_read(self.model))  # type: ignore[return-value]
+        return cache.get_many(pks, db or router.db_for_read(self.model), cache_db)  # type: ignore[return-value]
 
 
 def _db(queryset: Any) -> str | None:
     return queryset._db  # type: ignore[no-any-return]
 
 
-def _default_db(model: type[Model], db: str | None) -> bool:
-    # Cached values come from the primary; an explicit other database bypasses them.
-    return db is None or db == router.db_for_write(model)
-
-
 def cached_get(model: type[Model], db: str | None, kwargs: dict[str, Any]) -> Any:
     """Serve a one-keyword ``get()`` from the row cache, or return ``_PASS``."""
     cache = row_cache_for(model)
-    if cache is None or not _default_db(model, db):
+    if cache is None:
+        return _PASS
+    cache_db = router.db_for_write(model)
+    if db is not None and db != cache_db:
+        # Cached values come from the primary; an explicit other database bypasses them.
         return _PASS
     ((name, value),) = kwargs.items()
     if value is None or hasattr(value, "resolve_expression"):
         return _PASS
-    if has_pending_writes(db or router.db_for_write(model), cache.label):
+    if has_pending_writes(cache_db, cache.label):
         # This transaction wrote the model: the cache cannot show it its own writes.
         return _PASS
     name = name.removesuffix("__exact")
@@ -249,9 +250,9 @@ def cached_get(model: type[Model], db: str | None, kwargs: dict[str, Any]) -> An
     if name in _PK_NAMES or name == pk.name or name == pk.attname:
         if isinstance(value, Model):
             return _PASS
-        return cache.get(value, read_db)
+        return cache.get(value, read_db, cache_db)
     if name in cache.unique_fields:
-        return cache.get_by_unique(name, value, read_db)
+        return cache.get_by_unique(name, value, read_db, cache_db)
     return _PASS
 
 

@@ -39,4 +39,5 @@ def invalidate(target: Model | type[Model], *pks: Any, using: str | None = None)
 
 def invalidate_family(template: str, *, using: str | None = None, **params: Any) -> None:
     """Invalidate every cached member of the family ``template`` names with ``params``."""
-    after_commit([Family(template).bump(params)], using or "default")
+    db = using or "default"
+    after_commit([Family(template).bump(params, db)], db)

@@ -92,9 +92,6 @@ def register_dependency(dependency: Dependency) -> None:
     """Invalidate ``dependency.family`` whenever a ``dependency.model`` row changes."""
     with _lock:
         _dependencies.setdefault(dependency.model, []).append(dependency)
-    from cachepatterns_app import signals
-
-    signals.connect_model(dependency.model)
 
 
 def dependencies_of(model: type[Model]) -> list[Dependency]:

@@ -24,6 +24,7 @@ from django.apps import apps
 from django.db import connections, models
 from django.db.models import ManyToManyRel, Model, signals
 
+from cachepatterns_app.identity import NotCanonical
 from cachepatterns_app.invalidation import Command, after_commit
 from cachepatterns_app.registry import dependencies_of, row_cache_for, watched_models
 
@@ -60,13 +61,13 @@ def rows_changed(
     for cache in caches:
         # A multi-table child's write also wrote its parents' rows (same pk).
         if deleted:
-            commands.extend(cache.deletion(pks))
+            commands.extend(cache.deletion(pks, using))
             continue
         if saved is not None:
             more, callback = cache.saved(saved, using, update_fields)
             commands.extend(more)
         else:
-            commands.extend(cache.invalidation(pks))
+            commands.extend(cache.invalidation(pks, using))
             callback = cache.bulk_written(pks, using) if refresh else None
         if callback is not None:
             callbacks.append(callback)
@@ -76,7 +77,12 @@ def rows_changed(
         for dependency in dependencies:
             for row in changed:
                 for params in dependency.params(row):
-                    commands.append(dependency.family.bump(params))
+                    try:
+                        commands.append(dependency.family.bump(params, using))
+                    except (TypeError, NotCanonical) as e:
+                        # After the write, never raise: a value that cannot be keyed
+                        # cannot have been cached under that family either.
+                        logger.error("Cannot invalidate %r for %r: %s", dependency.family, params, e)
     labels = [cache.label for cache in caches]
     if commands or callbacks or labels:
         # Even with nothing to send (a bulk insert that returned no primary keys), the

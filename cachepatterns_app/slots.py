@@ -21,7 +21,11 @@ class Slot:
     member: str  # the formatted key
 
     def read(self, store: Store, token: str, lease_ms: int) -> list[Any]:
-        """Return ``[state, value?, generation]`` (``read.lua``'s answer, plus the generation)."""
+        """
+        Return ``[state, value, generation]`` on a hit, ``[state, healed, generation]``
+        with the lease, ``[state, generation]`` when busy (``read.lua``'s answer, plus
+        the generation).
+        """
         raise NotImplementedError
 
     def fill(self, token: str, generation: Any, payload: bytes, ttl: int) -> Command:
@@ -44,9 +48,9 @@ class Slot:
 class PlainSlot(Slot):
     """A result under its own key."""
 
-    def __init__(self, member: str) -> None:
+    def __init__(self, db: str, member: str) -> None:
         self.member = member
-        self.keys = plain_keys(member)
+        self.keys = plain_keys(db, member)
 
     def read(self, store: Store, token: str, lease_ms: int) -> list[Any]:
         reply: list[Any] = store.script("read", (self.keys.value, self.keys.lease), (token, lease_ms))
@@ -71,8 +75,10 @@ class PlainSlot(Slot):
 class FamilySlot(Slot):
     """A result stored as a member of a family's current generation."""
 
-    def __init__(self, family: Family, params: dict[str, Any], member: str, generation_ttl: int) -> None:
-        self.keys = family.keys(params)
+    def __init__(
+        self, family: Family, params: dict[str, Any], member: str, generation_ttl: int, using: str
+    ) -> None:
+        self.keys = family.keys(params, using)
         self.member = member
         self.generation_ttl = generation_ttl
 

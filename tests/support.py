@@ -24,7 +24,9 @@ from django.db import connections
 from django.db.models import Model
 from django.test import override_settings
 
-from cachepatterns_app.keys import RowKeys, model_label, row_keys
+from cachepatterns_app import keys as _keys
+from cachepatterns_app.identity import database_identity
+from cachepatterns_app.keys import FamilyKeys, PlainKeys, RowKeys, model_label
 from cachepatterns_app.store import get_store
 
 __all__ = [
@@ -32,8 +34,12 @@ __all__ = [
     "SelectCounter",
     "Worker",
     "cachepatterns",
+    "family_keys",
     "keys_of",
+    "plain_keys",
+    "row_keys",
     "settle",
+    "unique_key",
     "wait_until",
 ]
 
@@ -46,9 +52,29 @@ def cachepatterns(**overrides: Any) -> override_settings:
     return override_settings(CACHEPATTERNS={**settings.CACHEPATTERNS, **overrides})
 
 
-def keys_of(model: type[Model], pk: Any) -> RowKeys:
-    """Return the Redis keys of row ``pk`` of ``model``."""
-    return row_keys(model_label(model), pk)
+def keys_of(model: type[Model], pk: Any, using: str = "default") -> RowKeys:
+    """Return the Redis keys of row ``pk`` of ``model`` in database ``using``."""
+    return _keys.row_keys(model_label(model), database_identity(using), pk)
+
+
+def row_keys(label: str, pk: Any, using: str = "default") -> RowKeys:
+    """``keys.row_keys`` for database ``using`` (the suite's default database)."""
+    return _keys.row_keys(label, database_identity(using), pk)
+
+
+def unique_key(label: str, field: str, value: Any, using: str = "default") -> str:
+    """``keys.unique_key`` for database ``using``."""
+    return _keys.unique_key(label, database_identity(using), field, value)
+
+
+def plain_keys(key: str, using: str = "default") -> PlainKeys:
+    """``keys.plain_keys`` for database ``using``."""
+    return _keys.plain_keys(database_identity(using), key)
+
+
+def family_keys(family: str, using: str = "default") -> FamilyKeys:
+    """``keys.family_keys`` for database ``using``."""
+    return _keys.family_keys(database_identity(using), family)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 1.0, interval: float = 0.005) -> Any:

@@ -14,8 +14,7 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.test import override_settings
 
-from cachepatterns_app.keys import unique_key
-from tests.support import keys_of, private_redis, settle
+from tests.support import keys_of, private_redis, settle, unique_key
 from tests.testapp.models import Author, AuthorProxy, Document, Everything
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,8 +20,8 @@ import pytest
 from django.db import models
 
 from cachepatterns_app.codecs import row_codec
-from cachepatterns_app.keys import row_keys, unique_key
 from cachepatterns_app.serializers import get_serializer
+from tests.support import row_keys, unique_key
 from tests.testapp.models import Author, Document, Everything
 
 pytestmark = pytest.mark.django_db(transaction=True)

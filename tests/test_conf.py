@@ -14,7 +14,7 @@ from cachepatterns_app.conf import DEFAULTS, get_settings, merge
 
 
 def test_defaults_match_the_documented_contract() -> None:
-    # design.md's settings block; CIRCUIT_BREAKER is the one documented addition.
+    # design.md's settings block; CIRCUIT_BREAKER and DEPLOYMENT_ID are the documented additions.
     assert DEFAULTS == {
         "CACHE_ALIAS": "default",
         "KEY_PREFIX": "cp",
@@ -25,6 +25,7 @@ def test_defaults_match_the_documented_contract() -> None:
         "DEGRADE_ON_FAILURE": True,
         "LOCK_TIMEOUT": 10,
         "STATS": True,
+        "DEPLOYMENT_ID": None,
         "CIRCUIT_BREAKER": {"THRESHOLD": 1, "COOLDOWN": 5.0},
         "WRITE_BEHIND": {
             "FLUSH_INTERVAL": 5,

@@ -24,8 +24,8 @@ from django.test.utils import CaptureQueriesContext
 
 from cachepatterns_app import cache_aside
 from cachepatterns_app.exceptions import ConfigurationError
-from cachepatterns_app.keys import family_keys, plain_keys
-from tests.support import Worker, settle
+from cachepatterns_app.identity import database_identity
+from tests.support import Worker, family_keys, plain_keys, settle
 from tests.testapp.models import Author, Post, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -356,8 +356,15 @@ def test_key_is_the_formatted_template(redis, blog):
     assert (
         author_posts.key(author_id=ada.pk, page=2, per_page=3) == f"dec:author:{ada.pk}:posts:page:2:size:3"
     )
-    # Values are keyed by their text: an id given as a string names the same key.
-    assert author_posts.key(author_id=str(ada.pk), page="2", per_page=3) == author_posts.key(
+    # A parameter that depends_on maps to a field is keyed by the field's value: an id
+    # given as a string (or with a leading zero) names the same key. Others by type and text.
+    assert author_posts.key(author_id=str(ada.pk), page=2, per_page=3) == author_posts.key(
+        author_id=ada.pk, page=2, per_page=3
+    )
+    assert author_posts.key(author_id=f"0{ada.pk}", page=2, per_page=3) == author_posts.key(
+        author_id=ada.pk, page=2, per_page=3
+    )
+    assert author_posts.key(author_id=ada.pk, page="2", per_page=3) != author_posts.key(
         author_id=ada.pk, page=2, per_page=3
     )
     # A saved instance is keyed by its primary key.
@@ -365,16 +372,18 @@ def test_key_is_the_formatted_template(redis, blog):
     # The Redis key of a family member is the family's tagged base, its generation and fn.key().
     author_posts(ada.pk, page=2)
     settle()
-    generation = redis.get(f"cpt:{{f:dec:author:{ada.pk}:posts}}:gen")
+    db = database_identity("default")
+    generation = redis.get(f"cpt:{{f:{db}:dec:author:{ada.pk}:posts}}:gen")
     assert generation is not None
     member = (
-        f"cpt:{{f:dec:author:{ada.pk}:posts}}:v:{generation.decode()}:dec:author:{ada.pk}:posts:page:2:size:3"
+        f"cpt:{{f:{db}:dec:author:{ada.pk}:posts}}:v:{generation.decode()}"
+        f":dec:author:{ada.pk}:posts:page:2:size:3"
     )
     assert redis.exists(member) == 1
     # Outside families: one tagged key.
     plain_value("int")
     settle()
-    assert redis.exists("cpt:{k:dec:value:int}") == 1
+    assert redis.exists(f"cpt:{{k:{db}:dec:value:int}}") == 1
 
 
 def test_invalidate_forgets_one_page_only(redis, blog):
@@ -568,7 +577,8 @@ def test_awkward_arguments_get_distinct_safe_keys(redis):
         assert echo(value) == value  # each hit returns its own argument
     assert _calls["echo"] == len(AWKWARD)
 
-    stored = [k.decode("utf-8") for k in redis.scan_iter(match="cpt:{k:dec:echo:*", count=1000)]
+    db = database_identity("default")
+    stored = [k.decode("utf-8") for k in redis.scan_iter(match=f"cpt:{{k:{db}:dec:echo:*", count=1000)]
     assert len(stored) == len(AWKWARD)
     for key in stored:
         # Printable ASCII, no glob characters, and exactly one hash tag.
@@ -592,10 +602,12 @@ def test_parameters_cannot_bleed_into_each_other():
     assert _calls["pair"] == len(cases)
 
 
-def test_values_are_keyed_by_text():
-    # Documented: 1 and "1" share a key (ids arrive as ints from code and as strings from URLs).
-    assert echo.key(value=1) == echo.key(value="1")
+def test_plain_parameters_are_keyed_by_type_and_text():
+    # A parameter no depends_on maps to a field may mean different things as 1 and "1".
+    assert echo.key(value=1) != echo.key(value="1")
     assert echo.key(value=True) != echo.key(value=1)
+    assert echo.key(value=None) != echo.key(value="None")
+    assert echo.key(value=("a", "b")) != echo.key(value="(a,b)")
 
 
 def test_tuples_whose_items_contain_commas_do_not_collide():

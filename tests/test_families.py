@@ -19,8 +19,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from cachepatterns_app import cache_aside, invalidate, invalidate_family
-from cachepatterns_app.keys import family_keys
-from tests.support import SQLITE, PrivateRedis, cachepatterns, private_redis, settle
+from tests.support import SQLITE, PrivateRedis, cachepatterns, family_keys, private_redis, settle
 from tests.testapp.models import Author, Post, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)

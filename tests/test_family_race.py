@@ -26,8 +26,7 @@ from django.test.utils import CaptureQueriesContext
 
 from cachepatterns_app import cache_aside
 from cachepatterns_app import store as store_module
-from cachepatterns_app.keys import family_keys
-from tests.support import HeldReader, Worker, settle, sqlite_wal, wait_until
+from tests.support import HeldReader, Worker, family_keys, settle, sqlite_wal, wait_until
 from tests.testapp.models import Author, Post
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,7 +20,7 @@ from cachepatterns_app.codecs import row_codec
 from cachepatterns_app.keys import (
     KeyTemplate,
     family_keys,
-    key_text,
+    key_part,
     model_label,
     normalise,
     plain_keys,
@@ -28,7 +28,10 @@ from cachepatterns_app.keys import (
     unique_key,
 )
 from cachepatterns_app.registry import row_cache_for
+from tests.support import keys_of
 from tests.testapp.models import Author, AuthorProxy, Document, Everything
+
+DB = "dbtoken1"
 
 SAFE = set(string.ascii_letters + string.digits + "_.@-")
 FORBIDDEN = set("{} \t\r\n*?[]:")
@@ -122,15 +125,21 @@ def test_normalise_keeps_near_misses_apart(a: str, b: str) -> None:
 
 
 def test_normalise_keeps_short_safe_text_readable() -> None:
-    for text in ("42", "hello", "a.b-c_d@e", "x" * 64):
+    for text in ("hello", "a.b-c_d@e", "x" * 64, "v2", "1.5"):
         assert normalise(text) == text
+
+
+def test_normalise_hashes_text_that_spells_an_integer() -> None:
+    # So that the string "42" and the integer 42 never share a key.
+    for text in ("42", "-7", "007"):
+        assert normalise(text).startswith("~")
 
 
 def test_normalise_hashes_into_the_documented_alphabet() -> None:
     assert re.fullmatch(r"~[a-z2-7]{26}", normalise("not safe"))
 
 
-# -- key_text ---------------------------------------------------------------------
+# -- key_part ---------------------------------------------------------------------
 
 
 class Colour(enum.Enum):
@@ -140,42 +149,78 @@ class Colour(enum.Enum):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
+    [("text", "text"), (42, "42"), (-7, "-7"), (Colour.RED, "red"), (Colour.BLUE, "2")],
+)
+def test_key_part_keeps_safe_strings_and_integers_readable(value: Any, expected: str) -> None:
+    assert key_part(value, "p") == expected
+
+
+@pytest.mark.parametrize(
+    "value",
     [
-        ("text", "text"),
-        (42, "42"),
-        (-(2**70), str(-(2**70))),
-        (True, "True"),
-        (None, "None"),
-        (1.5, "1.5"),
-        (decimal.Decimal("1.500"), "1.500"),
-        (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001"),
-        (datetime.date(2024, 2, 29), "2024-02-29"),
-        (datetime.time(23, 59, 59, 5), "23:59:59.000005"),
-        (
-            datetime.datetime(2024, 1, 1, 12, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))),
-            "2024-01-01T12:00:00-03:00",
-        ),
-        (Colour.RED, "red"),
-        (Colour.BLUE, "2"),
-        ((1, "a"), "(1,a)"),
+        True,
+        None,
+        1.5,
+        decimal.Decimal("1.500"),
+        uuid.UUID(int=1),
+        datetime.date(2024, 2, 29),
+        datetime.time(23, 59, 59, 5),
+        datetime.datetime(2024, 1, 1, 12, tzinfo=datetime.timezone(datetime.timedelta(hours=-3))),
+        (1, "a"),
+        10**70,
+        "a b",
     ],
 )
-def test_key_text_accepts(value: Any, expected: str) -> None:
-    assert key_text(value, "p") == expected
+def test_key_part_hashes_everything_else_into_the_documented_alphabet(value: Any) -> None:
+    assert re.fullmatch(r"~[a-z2-7]{26}", key_part(value, "p"))
 
 
-def test_key_text_keys_a_bool_apart_from_its_int() -> None:
-    assert key_text(True) != key_text(1)
-    assert key_text(False) != key_text(0)
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (1, "1"),
+        (True, 1),
+        (False, 0),
+        (True, "True"),
+        (None, "None"),
+        (1.0, 1),
+        (1.5, "1.5"),
+        (decimal.Decimal("1.0"), decimal.Decimal("1.00")),
+        (decimal.Decimal("1"), 1),
+        (0.0, -0.0),
+        (uuid.UUID(int=1), str(uuid.UUID(int=1))),
+        (uuid.UUID(int=1), uuid.UUID(int=1).hex),
+        (datetime.date(2024, 1, 1), "2024-01-01"),
+        (("a", "b"), "(a,b)"),
+        (("a,b",), ("a", "b")),
+        (("(a)",), (("a",),)),
+        (("a", "b,c"), ("a,b", "c")),
+        ((1,), 1),
+        ((), ""),
+    ],
+)
+def test_key_part_keys_distinct_arguments_apart(a: Any, b: Any) -> None:
+    assert key_part(a) != key_part(b)
 
 
-def test_key_text_uses_a_saved_instance_pk() -> None:
-    assert key_text(Author(pk=7, email="x@example.com"), "author") == key_text(7)
+def test_key_part_uses_a_saved_instance_pk() -> None:
+    assert key_part(Author(pk=7, email="x@example.com"), "author") == key_part(7)
 
 
-def test_key_text_rejects_an_unsaved_instance_naming_the_parameter() -> None:
+def test_key_part_treats_str_and_int_subclasses_as_their_values() -> None:
+    class Text(str):
+        pass
+
+    class Number(int):
+        pass
+
+    assert key_part(Text("abc")) == key_part("abc") == "abc"
+    assert key_part(Number(7)) == key_part(7) == "7"
+
+
+def test_key_part_rejects_an_unsaved_instance_naming_the_parameter() -> None:
     with pytest.raises(TypeError, match=r"'author'.*unsaved"):
-        key_text(Author(email="x@example.com"), "author")
+        key_part(Author(email="x@example.com"), "author")
 
 
 @pytest.mark.parametrize(
@@ -183,17 +228,50 @@ def test_key_text_rejects_an_unsaved_instance_naming_the_parameter() -> None:
     [[1], {"a": 1}, {1}, frozenset({1}), b"bytes", object(), (1, [2]), lambda: 1],
     ids=["list", "dict", "set", "frozenset", "bytes", "object", "tuple-with-list", "function"],
 )
-def test_key_text_rejects_unstable_types_naming_the_parameter(value: Any) -> None:
+def test_key_part_rejects_unstable_types_naming_the_parameter(value: Any) -> None:
     with pytest.raises(TypeError, match="'user_id'"):
-        key_text(value, "user_id")
+        key_part(value, "user_id")
 
 
-@pytest.mark.parametrize(
-    ("a", "b"),
-    [(("a,b",), ("a", "b")), (("(a)",), (("a",),)), (("a", "b,c"), ("a,b", "c"))],
+SCALARS = st.one_of(
+    st.text(),
+    AWKWARD,
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.uuids(),
+    st.dates(),
+    st.times(),
+    st.datetimes(timezones=st.one_of(st.none(), st.timezones())),
+    st.from_regex(r"-?[0-9]{1,5}", fullmatch=True),
 )
-def test_key_text_tuples_are_injective(a: tuple[Any, ...], b: tuple[Any, ...]) -> None:
-    assert key_text(a) != key_text(b)
+ARGUMENTS = st.recursive(SCALARS, lambda inner: st.tuples(inner) | st.tuples(inner, inner), max_leaves=4)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two arguments are the same argument: same type and the same text."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | decimal.Decimal | datetime.date | datetime.time):
+        return repr(a) == repr(b)
+    return bool(a == b)
+
+
+@given(ARGUMENTS, ARGUMENTS)
+def test_distinct_arguments_never_share_a_key_part(a: Any, b: Any) -> None:
+    assume(not _same(a, b))
+    assert key_part(a) != key_part(b)
+
+
+@given(ARGUMENTS)
+def test_key_parts_are_safe_and_bounded(value: Any) -> None:
+    part = key_part(value)
+    assert 1 <= len(part) <= 64
+    assert set(part) <= SAFE | {"~"}
 
 
 # -- KeyTemplate ------------------------------------------------------------------
@@ -263,7 +341,7 @@ NAMES = st.lists(st.from_regex(r"[a-z][a-z0-9_]{0,6}", fullmatch=True), min_size
 # nastiest one since hashed values start with it.
 SEPARATORS = st.tuples(st.text(alphabet="ab_.-", max_size=2), st.sampled_from(":/~| é")).map("".join)
 LITERALS = st.text(alphabet="abc:/~._-", max_size=4)
-VALUES = st.one_of(TEXT, st.integers(), st.none(), st.booleans(), st.uuids())
+VALUES = st.one_of(TEXT, st.integers(), st.none(), st.booleans(), st.uuids(), st.floats(allow_nan=False))
 
 
 @st.composite
@@ -283,8 +361,7 @@ def test_different_params_never_format_to_the_same_key(data: st.DataObject) -> N
     template, names = data.draw(templates())
     first = {name: data.draw(VALUES) for name in names}
     second = {name: data.draw(VALUES) for name in names}
-    # Values are keyed by their text (1 and "1" share a key by design).
-    assume([key_text(first[n]) for n in names] != [key_text(second[n]) for n in names])
+    assume(not all(_same(first[n], second[n]) for n in names))
     assert template.format(first) != template.format(second)
 
 
@@ -295,7 +372,7 @@ def test_templates_differing_only_in_one_value_differ(data: st.DataObject) -> No
     params = {name: data.draw(VALUES) for name in names}
     changed = data.draw(st.sampled_from(names))
     other = data.draw(VALUES)
-    assume(key_text(other) != key_text(params[changed]))
+    assume(not _same(other, params[changed]))
     assert template.format(params) != template.format({**params, changed: other})
 
 
@@ -324,59 +401,63 @@ PKS = st.one_of(st.integers(), TEXT, st.uuids())
 
 @given(PKS)
 def test_row_keys_share_one_hash_tag(pk: Any) -> None:
-    keys = row_keys("testapp.everything", pk)
+    keys = row_keys("testapp.everything", DB, pk)
     tags = {hash_tag(keys.value), hash_tag(keys.lease), hash_tag(keys.version)}
     assert len(tags) == 1
     (tag,) = tags
     assert tag != keys.value, "the row key must carry a hash tag"
-    assert tag.startswith("testapp.everything:")
+    assert tag.startswith(f"{DB}:testapp.everything:")
     assert len({keys.value, keys.lease, keys.version}) == 3
     assert len({key_slot(k.encode()) for k in (keys.value, keys.lease, keys.version)}) == 1
 
 
 @given(PKS, PKS)
 def test_row_keys_of_distinct_pks_differ(a: Any, b: Any) -> None:
-    assume(key_text(a) != key_text(b))
-    assert row_keys("testapp.author", a).value != row_keys("testapp.author", b).value
+    assume(not _same(a, b))
+    assert row_keys("testapp.author", DB, a).value != row_keys("testapp.author", DB, b).value
+
+
+def test_row_keys_of_distinct_databases_differ() -> None:
+    assert row_keys("testapp.author", "aaaaaaaa", 1).value != row_keys("testapp.author", "bbbbbbbb", 1).value
 
 
 @given(TEXT)
 def test_row_keys_never_leak_braces_from_the_pk(pk: str) -> None:
-    key = row_keys("testapp.author", pk).value
+    key = row_keys("testapp.author", DB, pk).value
     assert key.count("{") == 1
     assert key.count("}") == 1
     assert key.endswith("}")
 
 
 def test_row_keys_of_different_models_differ() -> None:
-    assert row_keys("testapp.author", 1).value != row_keys("testapp.document", 1).value
+    assert row_keys("testapp.author", DB, 1).value != row_keys("testapp.document", DB, 1).value
 
 
 @given(TEXT)
 def test_unique_pointer_never_equals_a_row_key(value: str) -> None:
-    pointer = unique_key("testapp.author", "email", value)
+    pointer = unique_key("testapp.author", DB, "email", value)
     assert hash_tag(pointer) != pointer
-    assert pointer != row_keys("testapp.author", value).value
-    assert pointer != row_keys("testapp.author", "email=" + value).value
+    assert pointer != row_keys("testapp.author", DB, value).value
+    assert pointer != row_keys("testapp.author", DB, "email=" + value).value
 
 
 @given(TEXT)
 def test_plain_keys_share_one_hash_tag(key: str) -> None:
-    keys = plain_keys(KeyTemplate("k:{x}").format({"x": key}))
+    keys = plain_keys(DB, KeyTemplate("k:{x}").format({"x": key}))
     assert hash_tag(keys.value) == hash_tag(keys.lease) == hash_tag(keys.version) != keys.value
     assert len({keys.value, keys.lease, keys.version}) == 3
 
 
 @given(st.integers(min_value=0), TEXT)
 def test_family_keys_share_one_hash_tag(generation: int, member: str) -> None:
-    family = family_keys(KeyTemplate("user:{id}:posts").format({"id": member}))
+    family = family_keys(DB, KeyTemplate("user:{id}:posts").format({"id": member}))
     value, lease = family.member(generation, "page:" + normalise(member))
     assert hash_tag(family.generation) == hash_tag(value) == hash_tag(lease) != value
 
 
 def test_keys_use_the_configured_prefix(settings: Any) -> None:
     settings.CACHEPATTERNS = {**settings.CACHEPATTERNS, "KEY_PREFIX": "other"}
-    assert row_keys("testapp.author", 1).value.startswith("other:{")
+    assert row_keys("testapp.author", DB, 1).value.startswith("other:{")
 
 
 # -- proxies ------------------------------------------------------------------------
@@ -387,7 +468,7 @@ def test_proxy_and_concrete_model_share_label_keys_and_layout() -> None:
     proxy_cache, concrete_cache = row_cache_for(AuthorProxy), row_cache_for(Author)
     assert proxy_cache is not None
     assert concrete_cache is not None
-    assert proxy_cache.keys(7) == concrete_cache.keys(7)
+    assert proxy_cache.keys(7, "default") == concrete_cache.keys(7, "default")
     # Same fingerprint: a row filled through one is readable through the other.
     assert row_codec(AuthorProxy).fingerprint == row_codec(Author).fingerprint
 
@@ -401,7 +482,7 @@ def test_distinct_models_have_distinct_fingerprints() -> None:
 def test_proxy_hits_the_row_its_concrete_model_filled(redis: Any, django_assert_num_queries: Any) -> None:
     author = Author.objects.create(name="Ada", email="ada@example.com")
     Author.objects.get(pk=author.pk)
-    key = row_keys("testapp.author", author.pk).value
+    key = keys_of(Author, author.pk).value
     assert _wait_for(lambda: redis.exists(key))
     with django_assert_num_queries(0):
         proxied = AuthorProxy.objects.get(pk=author.pk)
@@ -414,7 +495,7 @@ def test_proxy_get_returns_proxy_instances_like_the_orm(redis: Any) -> None:
     author = Author.objects.create(name="Ada", email="ada@example.com")
     orm = AuthorProxy._base_manager.get(pk=author.pk)
     miss = AuthorProxy.objects.get(pk=author.pk)
-    assert _wait_for(lambda: redis.exists(row_keys("testapp.author", author.pk).value))
+    assert _wait_for(lambda: redis.exists(keys_of(Author, author.pk).value))
     hit = AuthorProxy.objects.get(pk=author.pk)
     by_email = AuthorProxy.objects.get(email="ada@example.com")
     assert type(orm) is AuthorProxy

@@ -19,9 +19,8 @@ from django.test import override_settings
 
 from cachepatterns_app import cache_aside, invalidation, write_through
 from cachepatterns_app.exceptions import ConfigurationError
-from cachepatterns_app.keys import plain_keys
 from cachepatterns_app.store import new_token
-from tests.support import MYSQL, cachepatterns, keys_of, private_redis, settle
+from tests.support import MYSQL, cachepatterns, keys_of, plain_keys, private_redis, settle
 from tests.testapp.models import Author, Post, Profile
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 
 from cachepatterns_app import store as store_module
 from tests.support import SelectCounter, Worker, cachepatterns, keys_of, settle
@@ -152,18 +153,25 @@ def test_many_readers_behind_a_dead_lease_holder_all_finish(ada, redis):
         assert elapsed <= LOCK_TIMEOUT + MARGIN, elapsed
 
 
-def test_a_lease_that_never_expires_in_redis_still_lets_readers_through(ada, redis):
-    # A lease with no expiry at all (a foreign writer, a manual SET): readers bypass
-    # the cache after LOCK_TIMEOUT instead of blocking forever.
+@pytest.mark.parametrize("ttl_ms", [None, 10**9], ids=["no-expiry", "outlives-any-lease"])
+def test_a_lease_no_code_could_have_granted_is_replaced_without_waiting(ada, redis, counts, ttl_ms):
+    # A lease with no expiry, or one longer than LOCK_TIMEOUT (a restore, a hand
+    # edit, an older deployment): the read script replaces it, so the reader neither
+    # waits for it nor bypasses the cache; the repair is logged and counted.
     keys = keys_of(Author, ada.pk)
     with cachepatterns(LOCK_TIMEOUT=LOCK_TIMEOUT):
-        redis.set(keys.lease, "stuck")
-        start = time.monotonic()
-        author = Author.objects.get(pk=ada.pk)
-        elapsed = time.monotonic() - start
+        redis.set(keys.lease, "stuck", px=ttl_ms)
+        with CaptureQueriesContext(connection) as queries:
+            author = Author.objects.get(pk=ada.pk)
+        settle()
     assert author.name == "Ada"
-    assert LOCK_TIMEOUT * 0.7 <= elapsed <= LOCK_TIMEOUT + MARGIN, elapsed
-    assert redis.get(keys.lease) == b"stuck"  # a foreign lease is not ours to delete
+    assert len(queries) == 1
+    assert redis.exists(keys.value) == 1, "the reader filled the row: it held the lease"
+    assert redis.exists(keys.lease) == 0
+    seen = counts("testapp.author")
+    assert seen.get("wait", 0) == 0
+    assert seen["corrupt"] == 1
+    assert seen.get("bypass", 0) == 0
 
 
 def test_a_loader_that_fails_gives_its_lease_back(ada, redis):

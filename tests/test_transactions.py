@@ -19,8 +19,7 @@ import redis as redis_py
 from django.db import connection, models, transaction
 
 from cachepatterns_app.invalidation import Batch
-from cachepatterns_app.keys import unique_key
-from tests.support import MYSQL, SQLITE, Worker, cachepatterns, keys_of, settle
+from tests.support import MYSQL, SQLITE, Worker, cachepatterns, keys_of, settle, unique_key
 from tests.testapp.models import Author
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import F
 
 from cachepatterns_app import cache_aside, write_through
-from cachepatterns_app.keys import model_label, plain_keys
+from cachepatterns_app.keys import model_label
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import SCRIPTS
 from tests.profiles import (
@@ -33,7 +33,7 @@ from tests.profiles import (
     orm,
     state,
 )
-from tests.support import MYSQL, keys_of, settle
+from tests.support import MYSQL, keys_of, plain_keys, settle
 from tests.testapp.models import Profile
 
 pytestmark = pytest.mark.django_db(transaction=True)

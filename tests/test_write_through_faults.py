@@ -22,12 +22,20 @@ from django.db import connection, transaction
 from django.test import override_settings
 
 from cachepatterns_app import cache_aside, invalidation, write_through
-from cachepatterns_app.keys import model_label, plain_keys
+from cachepatterns_app.keys import model_label
 from cachepatterns_app.models import PendingInvalidation
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import get_store
 from tests.profiles import db_row, existing, orm, state
-from tests.support import PrivateRedis, SelectCounter, cachepatterns, keys_of, private_redis, settle
+from tests.support import (
+    PrivateRedis,
+    SelectCounter,
+    cachepatterns,
+    keys_of,
+    plain_keys,
+    private_redis,
+    settle,
+)
 from tests.testapp.models import Profile
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -4,11 +4,11 @@
 -- a concurrent write committed is never stored under the new generation.
 -- KEYS[1] generation key; ARGV[1] key base, ARGV[2] member, ARGV[3] generation,
 -- ARGV[4] token, ARGV[5] payload, ARGV[6] ttl ms (0: none), ARGV[7] generation ttl ms.
-if redis.call('GET', KEYS[1]) ~= ARGV[3] then
+if redis.pcall('GET', KEYS[1]) ~= ARGV[3] then
   return 0
 end
 local lease = ARGV[1] .. ':l:' .. ARGV[3] .. ':' .. ARGV[2]
-if redis.call('GET', lease) ~= ARGV[4] then
+if redis.pcall('GET', lease) ~= ARGV[4] then
   return 0
 end
 local key = ARGV[1] .. ':v:' .. ARGV[3] .. ':' .. ARGV[2]

@@ -3,8 +3,8 @@
 -- cached: there is nothing to replace, and the next read fills it.
 -- KEYS[1] generation key; ARGV[1] key base, ARGV[2] member, ARGV[3] payload,
 -- ARGV[4] ttl ms.
-local gen = redis.call('GET', KEYS[1])
-if not gen then
+local gen = redis.pcall('GET', KEYS[1])
+if type(gen) ~= 'string' then
   return 0
 end
 redis.call('SET', ARGV[1] .. ':v:' .. gen .. ':' .. ARGV[2], ARGV[3], 'PX', ARGV[4])

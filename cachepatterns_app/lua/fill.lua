@@ -2,7 +2,8 @@
 -- An invalidation deletes the lease, so a reader that loaded a row before a
 -- concurrent write committed can never store that old row (no stale set).
 -- KEYS[1] value, KEYS[2] lease; ARGV[1] token, ARGV[2] payload, ARGV[3] ttl ms (0: none).
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+local lease = redis.pcall('GET', KEYS[2])
+if lease ~= ARGV[1] then
   return 0
 end
 if tonumber(ARGV[3]) > 0 then

@@ -17,9 +17,15 @@
 -- Nothing replaces a tombstone before it expires, not even such a fill: a row
 -- created again under the same primary key starts its versions afresh, so a late
 -- put from before the delete would look newer than it.
-local current = redis.call('GET', KEYS[3])
+--
+-- A version key that holds neither an integer nor 'x' (another Redis type, garbage)
+-- is ignored and overwritten: comparing with it would fail the script for ever.
+local current = redis.pcall('GET', KEYS[3])
+if type(current) == 'table' or (current and current ~= 'x' and not tonumber(current)) then
+  current = false
+end
 if ARGV[5] ~= '' then
-  if redis.call('GET', KEYS[2]) ~= ARGV[5] then
+  if redis.pcall('GET', KEYS[2]) ~= ARGV[5] then
     return 0
   end
   redis.call('DEL', KEYS[2])

@@ -13,19 +13,21 @@ leave that old row cached.
 from __future__ import annotations
 
 import copy
+import decimal
 import logging
 from collections.abc import Iterable, Sequence
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
 
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
-from django.db import models, router
+from django.db import models
 from django.db.models import Field, Model
 
 from cachepatterns_app import stats
 from cachepatterns_app.codecs import RowCodec, row_codec
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
+from cachepatterns_app.identity import NotCanonical, canonical, database_identity, text_is_exact, value_field
 from cachepatterns_app.keys import RowKeys, model_label, row_keys, unique_key
 from cachepatterns_app.leases import (
     HIT,
@@ -55,6 +57,7 @@ class RowCache:
         # everything derived from the model's fields is computed on first use.
         self.model = model
         self._ttl = ttl
+        self._exact: dict[str, bool] = {}
 
     def bind(self, model: type[Model]) -> RowCache:
         """Return this row cache serving ``model`` (a proxy of this one's model)."""
@@ -76,6 +79,10 @@ class RowCache:
         return self.model._meta.pk
 
     @cached_property
+    def pk_attname(self) -> str:
+        return str(self.model._meta.pk.attname)
+
+    @cached_property
     def unique_fields(self) -> dict[str, Field[Any, Any]]:
         return {
             name: field
@@ -94,19 +101,38 @@ class RowCache:
     def _store(self) -> Store:
         return get_store()
 
-    def keys(self, pk: Any) -> RowKeys:
-        """Return the keys of row ``pk`` (``"7"`` and ``7`` name the same row)."""
-        return row_keys(self.label, self.pk_field.to_python(pk))
+    # -- identity --------------------------------------------------------------------
+
+    def canonical_pk(self, pk: Any) -> Any:
+        """Return ``pk`` as the database returns it; raise ``NotCanonical`` if unknowable."""
+        return canonical(self.pk_field, pk)
+
+    def pk_is_exact(self, using: str) -> bool:
+        """Return whether database ``using`` compares this model's primary keys exactly."""
+        exact = self._exact.get(using)
+        if exact is None:
+            exact = self._exact[using] = text_is_exact(self.pk_field, using) and not isinstance(
+                value_field(self.pk_field), models.DecimalField
+            )
+        return exact
+
+    def keys(self, pk: Any, using: str) -> RowKeys:
+        """Return the keys of row ``pk`` of database ``using`` (``"7"`` and ``7`` name one row)."""
+        return row_keys(self.label, database_identity(using), self.canonical_pk(pk))
 
     # -- reads -----------------------------------------------------------------------
 
-    def get(self, pk: Any, read_db: str) -> Model:
-        """Return row ``pk``, raising ``DoesNotExist`` like ``QuerySet.get``."""
+    def get(self, pk: Any, read_db: str, cache_db: str) -> Model:
+        """
+        Return row ``pk``, raising ``DoesNotExist`` like ``QuerySet.get``. The cache of
+        ``cache_db`` (the model's write database) serves it; misses read ``cache_db``.
+        """
         try:
-            pk = self.pk_field.to_python(pk)
-        except ValidationError:
-            return self._query(read_db).get(pk=pk)  # let the ORM raise its usual error
-        keys = row_keys(self.label, pk)  # pk is already typed: skip keys()'s to_python
+            pk = self.canonical_pk(pk)
+        except NotCanonical:
+            stats.record("bypass", self.label)
+            return self._query(read_db).get(pk=pk)  # let the ORM answer (or raise) as usual
+        keys = row_keys(self.label, database_identity(cache_db), pk)
         token = new_token()
         lease_ms = lease_lifetime_ms()
         store = self._store()
@@ -122,27 +148,38 @@ class RowCache:
                 stats.record("bypass", self.label)
                 return self._query(read_db).get(pk=pk)
             if reply[0] == LEASED:
-                return self._load_and_fill(keys, token, pk, read_db)
+                self._healed(keys.value, reply)
+                return self._load_and_fill(keys, token, pk, read_db, cache_db)
             try:
                 instance = self.decode(reply[1], read_db)
+                if instance.__dict__[self.pk_attname] != pk:
+                    raise SerializationError(f"the payload under {keys.value} is another row")
             except SerializationError as e:
-                self._discard(keys.value, e)
                 corrupt += 1
-                if corrupt > 1:  # the delete did not land: do not spin on the same payload
+                if not self._discard(keys.value, e) or corrupt > 1:
                     return self._query(read_db).get(pk=pk)
                 continue
             stats.record("hit", self.label)
             return instance
 
-    def get_by_unique(self, field_name: str, value: Any, read_db: str) -> Model:
-        """Return the row whose unique field ``field_name`` equals ``value``."""
+    def get_by_unique(self, field_name: str, value: Any, read_db: str, cache_db: str) -> Model:
+        """
+        Return the row whose unique field ``field_name`` equals ``value``.
+
+        A pointer key maps the value *as asked* to the row's pk and to the exact value
+        the database returned for it. A hit is only used if the row still holds that
+        exact value: the database said the two match (under whatever collation the
+        column has), the column is unique, and equality under a collation depends on
+        the two strings alone — so the row is still the one the database would return.
+        """
         field = self.unique_fields[field_name]
         try:
-            value = field.to_python(value.pk if isinstance(value, Model) else value)
-        except ValidationError:
+            value = canonical(field, value.pk if isinstance(value, Model) else value)
+        except NotCanonical:
+            stats.record("bypass", self.label)
             return self._query(read_db).get(**{field_name: value})
         lookup = {field.attname: value}
-        pointer = unique_key(self.label, field.attname, value)
+        pointer = unique_key(self.label, database_identity(cache_db), field.attname, value)
         lease = pointer + ":l"
         store = self._store()
         token = new_token()
@@ -156,74 +193,119 @@ class RowCache:
         if reply is None:
             stats.record("bypass", self.label)
             return self._query(read_db).get(**lookup)
+        attname = str(field.attname)
         if reply[0] == HIT:
-            # The pointer is only a hint: the row it names must still have this value.
-            try:
-                instance: Model | None = self.get(self.pk_field.to_python(_json.loads(reply[1])), read_db)
-            except (SerializationError, ValidationError, ObjectDoesNotExist):
-                instance = None
-            if instance is not None and getattr(instance, field.attname) == value:
+            target = self._pointer_target(reply[1])
+            instance: Model | None = None
+            if target is not None:
+                try:
+                    instance = self.get(target[0], read_db, cache_db)
+                except ObjectDoesNotExist:
+                    instance = None
+            if instance is not None and self._plain(attname, instance) == target[1]:  # type: ignore[index]
                 return instance
-            store.send_no_reply([("DEL", pointer)])
+            self._drop(pointer)
             return self._query(read_db).get(**lookup)
-        fill_db = router.db_for_write(self.model)
+        self._healed(pointer, reply)
         try:
-            pk = self._query(fill_db).filter(**lookup).values_list("pk", flat=True).get()
-            instance = self.get(pk, read_db)
+            pk, stored = self._query(cache_db).filter(**lookup).values_list("pk", attname).get()
+            instance = self.get(pk, read_db, cache_db)
         except BaseException:
             self._release_leases([lease], token)
             raise
-        if getattr(instance, field.attname) != value or not fill_allowed(fill_db):
-            # The row changed between the two reads, or the database matched a variant
-            # (a case-insensitive collation): do not point this spelling at the row.
+        exact = self.codec.encode_field(attname, stored)
+        if self._plain(attname, instance) != exact:
+            # The row changed between the two reads: answer as the database does now.
             self._release_leases([lease], token)
-            if getattr(instance, field.attname) != value:
-                return self._query(read_db).get(**lookup)
+            return self._query(read_db).get(**lookup)
+        if not fill_allowed(cache_db):
+            self._release_leases([lease], token)
             return instance
-        payload = _json.dumps(self.pk_field.value_to_string(cast(Any, _PkHolder(self.pk_field, pk))))
+        payload = _json.dumps([self.codec.encode_field(self.pk_attname, instance.pk), exact])
         store.send_no_reply([("EVAL", SCRIPTS["fill"], 2, pointer, lease, token, payload, ttl_ms(self.ttl))])
         return instance
 
-    def get_many(self, pks: Iterable[Any], read_db: str) -> dict[Any, Model]:
-        """Return ``{pk: instance}`` for the rows that exist: one MGET for the hits."""
+    def _plain(self, attname: str, instance: Model) -> Any:
+        return self.codec.encode_field(attname, instance.__dict__.get(attname))
+
+    def _pointer_target(self, payload: bytes) -> tuple[Any, Any] | None:
+        """Return (pk, exact value) from a pointer, or None if it is not one of ours."""
+        try:
+            target = _json.loads(payload)
+            if not isinstance(target, list) or len(target) != 2:
+                raise SerializationError("not a [pk, value] pair")
+            return self.codec.decode_field(self.pk_attname, target[0]), target[1]
+        except (SerializationError, ValidationError, TypeError, ValueError, decimal.InvalidOperation) as e:
+            logger.warning("Discarding unreadable unique-field pointer of %s: %s", self.label, e)
+            stats.record("corrupt", self.label)
+            return None
+
+    def get_many(self, pks: Iterable[Any], read_db: str, cache_db: str) -> dict[Any, Model]:
+        """
+        Return what ``in_bulk(pks)`` returns — ``{pk: instance}`` for the rows that
+        exist, keyed by the primary key as the database returned it — with one MGET
+        for the hits and one ``SELECT … IN`` for the misses.
+        """
+        ident = database_identity(cache_db)
         wanted: dict[Any, RowKeys] = {}
+        unkeyable: list[Any] = []
         for pk in pks:
-            typed = self.pk_field.to_python(pk)
+            try:
+                typed = self.canonical_pk(pk)
+            except NotCanonical:
+                unkeyable.append(pk)
+                continue
             if typed not in wanted:
-                wanted[typed] = self.keys(typed)
-        if not wanted:
-            return {}
-        store = self._store()
+                wanted[typed] = row_keys(self.label, ident, typed)
         found: dict[Any, Model] = {}
+        if unkeyable:
+            stats.record("bypass", self.label, len(unkeyable))
+            found.update(self._query(read_db).in_bulk(unkeyable))
+        if not wanted:
+            return found
+        store = self._store()
         try:
             values = store.mget([k.value for k in wanted.values()])
         except CacheUnavailable as e:
             stats.record("degraded", self.label, len(wanted))
             self._raise_unless_degrading(e)
-            return self._query(read_db).in_bulk(list(wanted))
+            found.update(self._query(read_db).in_bulk(list(wanted)))
+            return found
+        hits: dict[Any, Model] = {}
         missing: list[Any] = []
         for (pk, keys), raw in zip(wanted.items(), values, strict=True):
             if raw is None:
                 missing.append(pk)
                 continue
             try:
-                found[pk] = self.decode(raw, read_db)
+                instance = self.decode(raw, read_db)
+                if instance.__dict__[self.pk_attname] != pk:
+                    raise SerializationError(f"the payload under {keys.value} is another row")
             except SerializationError as e:
                 self._discard(keys.value, e)
                 missing.append(pk)
-        if found:
-            stats.record("hit", self.label, len(found))
-        if missing:
-            found.update(self._load_many(missing, wanted, read_db))
-        return {pk: found[pk] for pk in wanted if pk in found}
+                continue
+            hits[pk] = instance
+        if hits:
+            stats.record("hit", self.label, len(hits))
+        loaded = self._load_many(missing, wanted, read_db, cache_db) if missing else {}
+        out: dict[Any, Model] = {}
+        for pk in wanted:
+            row = hits.get(pk) or loaded.pop(pk, None)
+            if row is not None:
+                out[pk] = row
+        out.update(loaded)  # rows the database matched under another spelling
+        out.update(found)
+        return out
 
-    def _load_many(self, missing: Sequence[Any], keys: dict[Any, RowKeys], read_db: str) -> dict[Any, Model]:
+    def _load_many(
+        self, missing: Sequence[Any], keys: dict[Any, RowKeys], read_db: str, cache_db: str
+    ) -> dict[Any, Model]:
         store = self._store()
         token = new_token()
         lease_ms = lease_lifetime_ms()
-        fill_db = router.db_for_write(self.model)
         leased: set[Any] = set()
-        if fill_allowed(fill_db):
+        if fill_allowed(cache_db):
             try:
                 replies = store.pipeline(
                     ("SET", keys[pk].lease, token, "NX", "PX", lease_ms) for pk in missing
@@ -233,19 +315,20 @@ class RowCache:
                 self._raise_unless_degrading(e)
         stats.record("miss", self.label, len(missing))
         try:
-            loaded = self._query(fill_db).in_bulk(list(missing))
+            loaded = self._query(cache_db).in_bulk(list(missing))
         except BaseException:
             self._release_many([keys[pk] for pk in leased], token)
             raise
         fills = []
-        for pk in leased:
-            instance = loaded.get(pk)
-            if instance is None:
-                continue
-            payload = self.encode(instance)
-            if payload is not None:
-                fills.append(self.fill_command(keys[pk], token, instance, payload))
-        self._release_many([keys[pk] for pk in leased if pk not in loaded], token)
+        filled: set[Any] = set()
+        for pk, instance in loaded.items():
+            # Only under the key of the primary key as the database returned it.
+            if pk in leased and keys[pk].value == self.keys(instance.pk, cache_db).value:
+                payload = self.encode(instance)
+                if payload is not None:
+                    fills.append(self.fill_command(keys[pk], token, instance, payload))
+                    filled.add(pk)
+        self._release_many([keys[pk] for pk in leased if pk not in filled], token)
         if fills:
             store.send_no_reply(fills)
             stats.record("fill", self.label, len(fills))
@@ -255,24 +338,29 @@ class RowCache:
 
     # -- the miss path ---------------------------------------------------------------
 
-    def _load_and_fill(self, keys: RowKeys, token: str, pk: Any, read_db: str) -> Model:
-        fill_db = router.db_for_write(self.model)
+    def _load_and_fill(self, keys: RowKeys, token: str, pk: Any, read_db: str, cache_db: str) -> Model:
         stats.record("miss", self.label)
-        if not fill_allowed(fill_db):
+        if not fill_allowed(cache_db):
             self._release(keys, token)
             stats.record("bypass", self.label)
             return self._query(read_db).get(pk=pk)
         try:
-            instance = self._query(fill_db).get(pk=pk)
+            instance = self._query(cache_db).get(pk=pk)
         except BaseException:
             self._release(keys, token)
             raise
-        payload = self.encode(instance)
-        if payload is None:
+        if type(pk) is not int and self.keys(instance.pk, cache_db).value != keys.value:
+            # The database matched another spelling of the key (a case- or accent-
+            # insensitive collation): a write of the row would never reach this key.
             self._release(keys, token)
+            stats.record("bypass", self.label)
         else:
-            self._store().send_no_reply([self.fill_command(keys, token, instance, payload)])
-            stats.record("fill", self.label)
+            payload = self.encode(instance)
+            if payload is None:
+                self._release(keys, token)
+            else:
+                self._store().send_no_reply([self.fill_command(keys, token, instance, payload)])
+                stats.record("fill", self.label)
         instance._state.db = read_db
         return instance
 
@@ -318,10 +406,36 @@ class RowCache:
         """Return the instance in ``payload``; raise ``SerializationError`` if unreadable."""
         return self.codec.decode(get_serializer(get_settings().SERIALIZER).loads(payload), read_db)
 
-    def _discard(self, key: str, error: Exception) -> None:
+    def _discard(self, key: str, error: Exception) -> bool:
+        """Delete an entry that is not what it should be; return whether the delete landed."""
         logger.warning("Discarding unreadable cache entry %s: %s", key, error)
         stats.record("corrupt", self.label)
-        self._store().send_no_reply([("DEL", key)])
+        return self._drop(key)
+
+    def _drop(self, key: str) -> bool:
+        # Waits for the reply: the caller reads the key again next, and must not race
+        # ahead of the delete on another pooled connection.
+        try:
+            self._store().execute("DEL", key)
+        except CacheUnavailable:
+            return False
+        return True
+
+    def _healed(self, key: str, reply: list[Any]) -> None:
+        """Log and count what the read script repaired (a key of the wrong type, an immortal lease)."""
+        flags = int(reply[-1]) if len(reply) > 1 else 0
+        if flags:
+            what = [
+                name
+                for bit, name in (
+                    (1, "value of another type"),
+                    (2, "lease without expiry"),
+                    (4, "malformed generation"),
+                )
+                if flags & bit
+            ]
+            logger.warning("Repaired cache entry %s: %s", key, ", ".join(what))
+            stats.record("corrupt", self.label)
 
     # -- failure ---------------------------------------------------------------------
 
@@ -340,17 +454,28 @@ class RowCache:
 
     # -- writes ----------------------------------------------------------------------
 
-    def invalidation(self, pks: Iterable[Any]) -> list[tuple[tuple[Any, ...], str]]:
-        """Return the commands that drop rows ``pks`` and void their in-flight fills."""
+    def invalidation(self, pks: Iterable[Any], using: str) -> list[tuple[tuple[Any, ...], str]]:
+        """Return the commands that drop rows ``pks`` of ``using`` and void their in-flight fills."""
         out = []
-        for pk in pks:
-            keys = self.keys(pk)
+        for keys in self.write_keys(pks, using):
             out.append((("DEL", keys.value, keys.lease), self.label))
         return out
 
-    def deletion(self, pks: Iterable[Any]) -> list[tuple[tuple[Any, ...], str]]:
-        """Return the commands for rows ``pks`` that were deleted."""
-        return self.invalidation(pks)
+    def write_keys(self, pks: Iterable[Any], using: str) -> list[RowKeys]:
+        """Return the keys of the written rows ``pks`` (as the database holds them)."""
+        out = []
+        for pk in pks:
+            try:
+                out.append(self.keys(pk, using))
+            except NotCanonical:
+                # Only reachable for a primary key the write path could not resolve
+                # (see signals.resolve_pks): no read can have filled it either.
+                logger.warning("Not invalidating %s pk=%r: not a value its field can hold", self.label, pk)
+        return out
+
+    def deletion(self, pks: Iterable[Any], using: str) -> list[tuple[tuple[Any, ...], str]]:
+        """Return the commands for rows ``pks`` of ``using`` that were deleted."""
+        return self.invalidation(pks, using)
 
     def before_save(self, instance: Model, using: str, update_fields: Any = None) -> None:
         """Hook run on ``pre_save`` (write-through bumps the version here)."""
@@ -359,7 +484,7 @@ class RowCache:
         self, instance: Model, using: str, update_fields: Any = None
     ) -> tuple[list[tuple[tuple[Any, ...], str]], Any]:
         """Return the after-commit (commands, callback) for a saved instance."""
-        return self.invalidation([instance.pk]), None
+        return self.invalidation([instance.pk], using), None
 
     def after_upsert(self, queryset: models.QuerySet[Any, Any]) -> None:
         """Hook run inside the transaction after an upsert rewrote ``queryset``'s rows."""
@@ -378,8 +503,3 @@ class RowCache:
     def bulk_written(self, pks: Sequence[Any], using: str) -> Any:
         """Return an after-commit callback for a bulk write of ``pks`` (or None)."""
         return None
-
-
-class _PkHolder:
-    def __init__(self, field: Any, value: Any) -> None:
-        setattr(self, field.attname, value)

@@ -126,10 +126,9 @@ class WriteThroughRowCache(RowCache):
         _, name, script_keys, args = self.put_command(keys, version, payload, token)
         return ("EVAL", SCRIPTS[name], len(script_keys), *script_keys, *args)
 
-    def deletion(self, pks: Any) -> list[tuple[Command, str]]:
+    def deletion(self, pks: Any, using: str) -> list[tuple[Command, str]]:
         out: list[tuple[Command, str]] = []
-        for pk in pks:
-            keys = self.keys(pk)
+        for keys in self.write_keys(pks, using):
             out.append(
                 (
                     ("SCRIPT", "tombstone", (keys.value, keys.lease, keys.version), (self._tombstone_ms(),)),
@@ -199,8 +198,8 @@ class WriteThroughRowCache(RowCache):
             payload = self.encode(canonical)
             if payload is None:
                 # The new row cannot be cached (too large, unencodable): drop the old one.
-                return self.invalidation([pk]), None
-            keys = self.keys(pk)
+                return self.invalidation([pk], using), None
+            keys = self.keys(pk, using)
             command = self.put_command(keys, int(version), payload)
             return [], lambda: self._put([(keys, command)])
         return [], lambda: self._reread_and_put([pk], using, instance if version is None else None)
@@ -225,7 +224,7 @@ class WriteThroughRowCache(RowCache):
             except DatabaseError as e:
                 # Without the fresh rows, at least do not leave the old ones cached.
                 logger.error("Write-through could not re-read %d row(s) (%s); invalidating", len(chunk), e)
-                send(dict(self.invalidation(chunk)))
+                send(dict(self.invalidation(chunk, using)))
 
     def _reread_chunk(self, pks: Sequence[Any], using: str, instance: Model | None) -> None:
         rows: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk__in=pks)
@@ -239,10 +238,10 @@ class WriteThroughRowCache(RowCache):
             if payload is None:
                 unstorable.append(row.pk)
                 continue
-            keys = self.keys(row.pk)
+            keys = self.keys(row.pk, using)
             puts.append((keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload)))
         if unstorable:
-            send(dict(self.invalidation(unstorable)))
+            send(dict(self.invalidation(unstorable, using)))
         self._put(puts)
 
     def _put(self, puts: list[tuple[RowKeys, Command]]) -> None:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
 from cachepatterns_app import invalidate, invalidate_family
 from cachepatterns_app.conf import get_settings
+from cachepatterns_app.identity import database_identity
 from cachepatterns_app.keys import model_label, row_keys
 from demo_project.blog.models import Author, Post, Profile
 
@@ -110,5 +111,10 @@ def reset_demo(authors: list[Author]) -> int:
     # safe here because nothing else writes these rows while the demo resets.
     if profiles:
         redis = get_redis_connection(get_settings().cache_alias)
-        redis.delete(*[row_keys(model_label(Profile), pk).version for pk in profiles])
+        redis.delete(
+            *[
+                row_keys(model_label(Profile), database_identity(DEFAULT_DB_ALIAS), pk).version
+                for pk in profiles
+            ]
+        )
     return int(removed)

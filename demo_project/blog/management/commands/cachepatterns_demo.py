@@ -25,13 +25,14 @@ from urllib.parse import urlsplit, urlunsplit
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from cachepatterns_app import stats
 from cachepatterns_app.conf import get_settings
+from cachepatterns_app.identity import database_identity
 from cachepatterns_app.keys import model_label, row_keys
 from demo_project.blog import seed
 from demo_project.blog.measure import event_totals, measure, plural
@@ -161,7 +162,7 @@ class Command(BaseCommand):
         )
 
         self.heading(f"3. Rename the author to {RENAMED!r} inside transaction.atomic()")
-        key = row_keys(model_label(Author), ada.pk).value
+        key = row_keys(model_label(Author), database_identity(DEFAULT_DB_ALIAS), ada.pk).value
         redis = get_redis_connection(get_settings().cache_alias)
         author = second.value
         before = event_totals()

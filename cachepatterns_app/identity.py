@@ -1,0 +1,179 @@
+"""
+What a row *is* for the cache: which database it lives in, and which spelling of
+a value the database treats as the value.
+
+Two rules live here.
+
+**Database identity.** Every key embeds a short token naming the database a value
+came from: a hash of ``DEPLOYMENT_ID`` (if set), the alias and the alias's
+ENGINE/HOST/PORT/NAME. Two aliases, or two deployments (a staging and a dev
+database, the demo on MariaDB and then on SQLite) sharing one Redis therefore never
+read each other's rows.
+
+**Canonical values.** Databases treat some different spellings as one value: ``"07"``
+and ``7`` in an integer column, ``"1.5"`` and ``1.50`` in a ``DECIMAL(5, 2)``, an
+upper-case UUID, and — on MySQL/MariaDB's default collations — ``"ABC"``,
+``"abc "`` and ``"ábc"``. :func:`canonical` turns a value into the form the database
+returns where Python can know it exactly (types, Decimal scale, UUIDs, time zones);
+:func:`text_is_exact` says whether a text column compares byte for byte, which only
+the database's collation decides. Where it does not, the caller must not trust the
+spelling it was given (see ``patterns.cache_aside``): only the spelling the
+database returned is ever stored under a key.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import hashlib
+import unicodedata
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core.exceptions import ValidationError
+from django.db import connections, models
+from django.db.models import Field
+from django.utils import timezone
+
+from cachepatterns_app.conf import get_settings
+
+__all__ = ["NotCanonical", "canonical", "database_identity", "fold", "text_is_exact", "value_field"]
+
+
+class NotCanonical(ValueError):
+    """A value has no exact canonical form (the database would round or coerce it)."""
+
+
+_memo: dict[str, tuple[tuple[Any, ...], str]] = {}
+
+
+def database_identity(alias: str) -> str:
+    """Return the token that names database ``alias`` of this deployment in keys."""
+    config = connections.settings[alias]
+    facts = (
+        get_settings().DEPLOYMENT_ID,
+        alias,
+        config.get("ENGINE"),
+        config.get("HOST"),
+        config.get("PORT"),
+        config.get("NAME"),
+    )
+    memo = _memo.get(alias)
+    if memo is not None and memo[0] == facts:
+        return memo[1]
+    digest = hashlib.sha256(repr(facts).encode("utf-8", "surrogatepass")).digest()
+    token = base64.b32encode(digest).decode("ascii")[:8].lower()
+    _memo[alias] = (facts, token)
+    return token
+
+
+def value_field(field: Field[Any, Any]) -> Field[Any, Any]:
+    """Return the field whose values ``field`` holds (a foreign key holds its target's)."""
+    seen = 0
+    while isinstance(field, models.ForeignKey) and seen < 16:
+        field = field.target_field
+        seen += 1
+    return field
+
+
+def canonical(field: Field[Any, Any], value: Any) -> Any:
+    """
+    Return ``value`` as the database returns it for ``field``, or raise
+    :class:`NotCanonical` when only the database could tell (a Decimal with more
+    places than the column keeps would be rounded; a value the field rejects).
+    """
+    field = value_field(field)
+    try:
+        typed = field.to_python(value)
+    except (ValidationError, TypeError, ValueError, decimal.InvalidOperation) as e:
+        raise NotCanonical(str(e)) from None
+    if typed is None:
+        return None
+    if isinstance(field, models.DecimalField) and isinstance(typed, decimal.Decimal):
+        places = field.decimal_places or 0
+        if not typed.is_finite():
+            raise NotCanonical("not a finite number")
+        exponent = typed.as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -places:
+            # The column keeps fewer places: the database rounds (or refuses) it.
+            raise NotCanonical(f"{typed} has more than {places} decimal places")
+        return typed.quantize(decimal.Decimal(1).scaleb(-places))
+    if (
+        isinstance(field, models.DateTimeField)
+        and isinstance(typed, datetime.datetime)
+        and django_settings.USE_TZ
+    ):
+        if timezone.is_naive(typed):
+            typed = timezone.make_aware(typed, timezone.get_default_timezone())
+        return typed.astimezone(datetime.UTC)
+    return typed
+
+
+_TEXT_FIELDS = (models.CharField, models.TextField)
+
+
+def text_is_exact(field: Field[Any, Any], alias: str) -> bool:
+    """
+    Return whether ``field`` compares values exactly on database ``alias``: True for
+    every non-text field, and for text columns whose collation is binary and pads
+    nothing. MySQL/MariaDB's default collations ignore case, accents and trailing
+    spaces; their ``_bin`` collations still ignore trailing spaces (PAD SPACE), so
+    only ``*_nopad_bin``, ``*_0900_bin`` and ``binary`` count as exact there. On
+    PostgreSQL and SQLite the default collation is exact; an explicit ``db_collation``
+    (which could be nondeterministic or ``NOCASE``) is not trusted.
+    """
+    field = value_field(field)
+    if _custom(field) or isinstance(field, models.GenericIPAddressField):
+        # A project's own field class may convert values any way it likes; Django's
+        # IP field rewrites IPv6 spellings on the way in.
+        return False
+    if not isinstance(field, _TEXT_FIELDS):
+        return True
+    collation = (getattr(field, "db_collation", None) or "").lower()
+    vendor = connections[alias].vendor
+    if vendor == "mysql":
+        return collation == "binary" or collation.endswith(("_nopad_bin", "_0900_bin"))
+    if vendor == "sqlite":
+        return collation in ("", "binary")
+    return collation == ""
+
+
+def _custom(field: Field[Any, Any]) -> bool:
+    # A field class of the project's own may convert values any way it likes.
+    return type(field).__module__.split(".")[0] != "django"
+
+
+#: Letters a Unicode collation may expand to (or equate with) other letters.
+_EXPANSIONS = str.maketrans(
+    {
+        "æ": "ae",
+        "œ": "oe",
+        "ø": "o",
+        "đ": "d",
+        "ð": "d",
+        "ł": "l",
+        "þ": "th",
+        "ħ": "h",
+        "\u0131": "i",  # dotless i
+        "ŀ": "l",
+    }
+)
+
+
+def fold(text: str) -> str:
+    """
+    Return a coarse form of ``text`` that spellings a case- and accent-insensitive
+    collation treats as equal usually share: compatibility-decomposed, accents and
+    format characters dropped, case-folded, common ligatures expanded, trailing
+    spaces removed. Used only to *group* (family invalidation), never to identify:
+    folding two different values together costs an extra invalidation, not a
+    wrong answer.
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(
+        ch
+        for ch in decomposed
+        if not unicodedata.combining(ch) and unicodedata.category(ch) not in ("Cf", "Cc")
+    )
+    return kept.casefold().translate(_EXPANSIONS).rstrip(" ")
