@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.db import models
+
 __all__ = ["LIBRARIES", "run_alternative"]
 
 LIBRARIES = {
@@ -99,7 +101,7 @@ def _operations(name: str) -> tuple[Any, dict[str, Callable[[], Any]]]:
 
         ops = {
             "hit": lambda: Author.objects.get(pk=HIT_PK),
-            "orm_get": lambda: Author._base_manager.get(pk=HIT_PK),
+            "orm_get": lambda: models.QuerySet(Author).get(pk=HIT_PK),
         }
         if decorators_error() is None:
             user_posts = decorated()["user_posts"]

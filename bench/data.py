@@ -14,7 +14,7 @@ import subprocess
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, models
 
 __all__ = [
     "HIT_PK",
@@ -138,10 +138,10 @@ def create_rows() -> None:
     rng = random.Random(20261128)
     now = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
     rows = [_author_fields(rng, pk, now) for pk in range(1, AUTHORS + 1)]
-    Author._base_manager.bulk_create([Author(**row) for row in rows])
-    PlainAuthor._base_manager.bulk_create([PlainAuthor(**row) for row in rows])
-    Profile._base_manager.bulk_create([Profile(**row) for row in rows[:PROFILES]])
-    PlainProfile._base_manager.bulk_create([PlainProfile(**row) for row in rows[:PROFILES]])
+    models.QuerySet(Author).bulk_create([Author(**row) for row in rows])
+    models.QuerySet(PlainAuthor).bulk_create([PlainAuthor(**row) for row in rows])
+    models.QuerySet(Profile).bulk_create([Profile(**row) for row in rows[:PROFILES]])
+    models.QuerySet(PlainProfile).bulk_create([PlainProfile(**row) for row in rows[:PROFILES]])
     posts = []
     for author in range(1, 21):
         count = PAGE_POSTS if author == PAGE_AUTHOR else 12
@@ -154,7 +154,7 @@ def create_rows() -> None:
                     created_at=now - datetime.timedelta(hours=n * 7 + author),
                 )
             )
-    Post._base_manager.bulk_create(posts)
+    models.QuerySet(Post).bulk_create(posts)
 
 
 def _version(dist: str) -> str:

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from django.db import models
+
 __all__ = ["PATHS", "profile"]
 
 CALLS = 20_000
@@ -38,7 +40,7 @@ def _path(name: str) -> tuple[Callable[[], Any], int]:
 
         return miss, CALLS // 10
     if name in ("save", "wt_save"):
-        row = (Author if name == "save" else Profile)._base_manager.get(
+        row = models.QuerySet(Author if name == "save" else Profile).get(
             pk=1 if name == "wt_save" else SAVE_PK
         )
 

@@ -242,7 +242,7 @@ METHOD = """## Method
   before each round (untimed), then times `Author.objects.get(pk=2)`: `read.lua` grants the lease,
   the `SELECT` runs, the row is encoded and the fill is written with `CLIENT REPLY SKIP`; after the
   round the bench waits, untimed, until the key exists. Its baseline is
-  `Author._base_manager.get(pk=2)`, the same `SELECT` on the same row without the cache.
+  `models.QuerySet(Author).get(pk=2)`, the same `SELECT` on the same row without the cache.
 - **get_many(100)** reads 100 cached rows (one `MGET`); its baseline is a loop of 100 single hits.
 - **save()** runs in autocommit, so each save is its own transaction and the invalidation (one
   pipelined `DEL` of the value and lease keys, reply awaited) runs right after its commit; each

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.core.cache import cache
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, models, transaction
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
@@ -136,8 +136,8 @@ class RowBench:
             Variant("hit", "Author.objects.get(pk=…) hit", lambda: Author.objects.get(pk=HIT_PK)),
             Variant(
                 "orm_get",
-                "Author._base_manager.get(pk=…) (ORM, no cache)",
-                lambda: Author._base_manager.get(pk=MISS_PK),
+                "models.QuerySet(Author).get(pk=…) (ORM, no cache)",
+                lambda: models.QuerySet(Author).get(pk=MISS_PK),
             ),
             Variant(
                 "miss",
@@ -172,19 +172,19 @@ class RowBench:
             Variant("single_100", "100 x Author.objects.get(pk=…) hits", singles),
             Variant(
                 "in_bulk_100",
-                "Author._base_manager.in_bulk(100 pks) (ORM, no cache)",
-                lambda: Author._base_manager.in_bulk(pks),
+                "models.QuerySet(Author).in_bulk(100 pks) (ORM, no cache)",
+                lambda: models.QuerySet(Author).in_bulk(pks),
             ),
         ]
 
     def write_variants(self) -> list[Variant]:
         """save() of plain, cache-aside and write-through rows (autocommit, and in atomic())."""
         plain = PlainAuthor.objects.get(pk=SAVE_PK)
-        cached = Author._base_manager.get(pk=SAVE_PK)
+        cached = models.QuerySet(Author).get(pk=SAVE_PK)
         plain_atomic = PlainAuthor.objects.get(pk=ATOMIC_SAVE_PK)
-        cached_atomic = Author._base_manager.get(pk=ATOMIC_SAVE_PK)
+        cached_atomic = models.QuerySet(Author).get(pk=ATOMIC_SAVE_PK)
         plain_versioned = PlainProfile.objects.get(pk=WT_SAVE_PK)
-        wt = Profile._base_manager.get(pk=WT_SAVE_PK)
+        wt = models.QuerySet(Profile).get(pk=WT_SAVE_PK)
         naive = PlainProfile.objects.get(pk=NAIVE_PK)
         save_plain_atomic = _bumper(plain_atomic)
         save_cached_atomic = _bumper(cached_atomic)

@@ -15,8 +15,12 @@ class CachePatternsConfig(AppConfig):
 
     def ready(self) -> None:
         from cachepatterns_app import checks as cp_checks
+        from cachepatterns_app.managers import adopt_link_models
+        from cachepatterns_app.registry import forget_descendants
         from cachepatterns_app.signals import connect_all
 
         for check in cp_checks.ALL:
             checks.register(check, "cachepatterns")
+        forget_descendants()
         connect_all()
+        adopt_link_models()

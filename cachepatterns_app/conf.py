@@ -94,9 +94,5 @@ def get_settings() -> Settings:
 
 @receiver(setting_changed)
 def _reset(*, setting: str, **kwargs: Any) -> None:
-    if setting in {"CACHEPATTERNS", "CACHES", "SECRET_KEY"}:
+    if setting == "CACHEPATTERNS":
         get_settings.cache_clear()
-        # Imported here: conf must stay importable before the rest of the app.
-        from cachepatterns_app import store
-
-        store.reset()

@@ -21,12 +21,14 @@ import logging
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
+from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 
 from cachepatterns_app import params as param_fields
 from cachepatterns_app import stats
 from cachepatterns_app.arguments import Signature, default_key, dependency_params
+from cachepatterns_app.batch import after_commit, has_pending_writes
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import (
     CacheUnavailable,
@@ -36,7 +38,7 @@ from cachepatterns_app.exceptions import (
 )
 from cachepatterns_app.families import Family
 from cachepatterns_app.identity import NotCanonical, database_identity
-from cachepatterns_app.invalidation import after_commit, has_pending_writes, queue_for_retry
+from cachepatterns_app.invalidation import queue_for_retry
 from cachepatterns_app.keys import KeyTemplate
 from cachepatterns_app.leases import (
     LEASED,
@@ -47,6 +49,7 @@ from cachepatterns_app.leases import (
     lease_lifetime_ms,
     ttl_ms,
 )
+from cachepatterns_app.managers import adopt_link_models
 from cachepatterns_app.registry import Dependency, register_dependency, row_cache_for
 from cachepatterns_app.results import dumps_result, loads_result, materialise
 from cachepatterns_app.signals import connect_model
@@ -175,6 +178,10 @@ class CachedFunction:
             params, fields = dependency_params(fn, model, spec, family_, self.target.key)
             register_dependency(Dependency(model, family_, params, fields))
             connect_model(model)
+        if depends_on and apps.ready:
+            # Imported after the app registry was ready (a module imported lazily):
+            # the link models of the new dependencies still need the app's manager.
+            adopt_link_models()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         params = self.signature.params(args, kwargs)

@@ -18,8 +18,8 @@ from typing import Any
 from django.db import connections
 
 from cachepatterns_app import stats
+from cachepatterns_app.batch import has_pending_writes
 from cachepatterns_app.conf import get_settings
-from cachepatterns_app.invalidation import has_pending_writes
 
 __all__ = [
     "BUSY",

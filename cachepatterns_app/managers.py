@@ -23,12 +23,15 @@ from django.db.models.query import ModelIterable
 from django.db.models.signals import class_prepared
 from django.dispatch import receiver
 
+from cachepatterns_app.batch import has_pending_writes
+from cachepatterns_app.changes import UPDATE, RowChange
 from cachepatterns_app.exceptions import ConfigurationError
-from cachepatterns_app.invalidation import has_pending_writes
 from cachepatterns_app.leases import UNSET
 from cachepatterns_app.patterns.cache_aside import RowCache
-from cachepatterns_app.registry import dependencies_of, has_own_row_cache, register_row_cache, row_cache_for
-from cachepatterns_app.signals import connect_model, old_rows, rows_changed
+from cachepatterns_app.registry import has_own_row_cache, register_row_cache, row_cache_for
+from cachepatterns_app.rows import dependency_fields, old_rows, resolve_pks
+from cachepatterns_app.signals import connect_model, is_link_model, link_models, record_links
+from cachepatterns_app.writes import fresh_rows, record, watched
 
 __all__ = [
     "CacheAsideManager",
@@ -45,9 +48,7 @@ _PK_NAMES = ("pk", "pk__exact")
 
 
 def _watched(model: type[Model]) -> bool:
-    if row_cache_for(model) is not None or dependencies_of(model):
-        return True
-    return any(row_cache_for(parent) is not None for parent in model._meta.get_parent_list())
+    return watched(model) or is_link_model(model)
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -57,6 +58,9 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 class InvalidatingQuerySet(models.QuerySet[M]):
     """A queryset whose bulk writes invalidate what depends on the rows they touch."""
+
+    #: Bulk writes of a many-to-many link model through this queryset report their links.
+    reports_links = True
 
     def _write_db(self) -> str:
         own: Any = self  # _db and _hints are private QuerySet attributes the stubs omit
@@ -71,25 +75,42 @@ class InvalidatingQuerySet(models.QuerySet[M]):
         if cache is not None:
             kwargs = cache.update_kwargs(kwargs)
         batch = connections[db].ops.bulk_batch_size(["pk"], []) or 1000
+        link = is_link_model(self.model)
         with transaction.atomic(using=db, savepoint=False):
             # Lock the rows first: the set we invalidate is then exactly the set we
             # update, and their "before" values cannot change under us.
-            if dependencies_of(self.model):
-                old = old_rows(self)
+            if link:
+                old = list(_locked(self))
                 pks = [row.pk for row in old]
             else:
-                old = []
-                locked = self.select_for_update() if connections[db].features.has_select_for_update else self
-                pks = list(locked.values_list("pk", flat=True))
+                old = old_rows(self)
+                pks = [row.pk for row in old] if old else list(_locked(self).values_list("pk", flat=True))
             count = 0
             base: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=db)
             for chunk in _chunks(pks, max(1, min(batch, 2000))):
                 count += base.filter(pk__in=chunk).update(**kwargs)
-            new = old_rows(base.filter(pk__in=pks)) if old and _touched(self.model, kwargs) else old
-            rows_changed(self.model, db, pks, old=old, new=new)
+            if link:
+                record_links(self.model, db, [*old, *base.filter(pk__in=pks)])
+                return count
+            new = list(old_rows(base.filter(pk__in=pks))) if old and _touched(self.model, kwargs) else old
+            record(RowChange(self.model, db, pks, UPDATE, old=old, new=new))
         return count
 
     update.alters_data = True  # type: ignore[attr-defined]
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete the matching rows; a link model's rows report their links in one go."""
+        if not is_link_model(self.model):
+            return super().delete()
+        db = self._write_db()
+        with transaction.atomic(using=db, savepoint=False):
+            links = list(_locked(self))
+            result = super().delete()
+            record_links(self.model, db, links)
+        return result
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
 
     def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
         """Insert ``objs``, then invalidate what depends on them after commit."""
@@ -97,11 +118,16 @@ class InvalidatingQuerySet(models.QuerySet[M]):
             return super().bulk_create(objs, *args, **kwargs)
         objs = list(objs)
         db = self._write_db()
+        if is_link_model(self.model):
+            with transaction.atomic(using=db, savepoint=False):
+                created = super().bulk_create(objs, *args, **kwargs)
+                record_links(self.model, db, created)
+            return created
         match = _conflict_target(self.model, objs, kwargs) if kwargs.get("update_conflicts") else None
         if match is None:
             created = super().bulk_create(objs, *args, **kwargs)
             pks = [obj.pk for obj in created if obj.pk is not None]
-            rows_changed(self.model, db, pks, new=created)
+            record(RowChange(self.model, db, pks, UPDATE, new=fresh_rows(self.model, db, created, None)))
             return created
         # An upsert rewrites existing rows, whose primary keys the database may not
         # return: find the rows by the conflict target, before (old owners) and after.
@@ -112,8 +138,9 @@ class InvalidatingQuerySet(models.QuerySet[M]):
             created = super().bulk_create(objs, *args, **kwargs)
             if cache is not None:
                 cache.after_upsert(base)
-            pks = list(base.values_list("pk", flat=True))
-            rows_changed(self.model, db, pks, old=old, new=created)
+            rows = list(base)
+            pks = list(dict.fromkeys([row.pk for row in rows] + [o.pk for o in created if o.pk is not None]))
+            record(RowChange(self.model, db, pks, UPDATE, old=old, new=[*rows, *created]))
         return created
 
     bulk_create.alters_data = True  # type: ignore[attr-defined]
@@ -126,8 +153,10 @@ class InvalidatingQuerySet(models.QuerySet[M]):
         db = self._write_db()
         cache = row_cache_for(self.model)
         fields = list(fields)
-        pks = [obj.pk for obj in objs]
         with transaction.atomic(using=db, savepoint=False):
+            # The objects' primary keys are the caller's: read the database's own
+            # spellings (a case-insensitive collation may match others) with the rows.
+            pks = resolve_pks(self.model, db, [obj.pk for obj in objs])
             old = old_rows(models.QuerySet(self.model, using=db).filter(pk__in=pks))
             if cache is not None:
                 fields = cache.before_bulk_update(objs, fields)
@@ -137,10 +166,18 @@ class InvalidatingQuerySet(models.QuerySet[M]):
             count = plain.bulk_update(objs, fields, batch_size=batch_size)
             if cache is not None:
                 cache.after_bulk_update(objs, db)
-            rows_changed(self.model, db, pks, old=old, new=objs)
+            new = fresh_rows(self.model, db, objs, dependency_fields(self.model)) if old else []
+            record(RowChange(self.model, db, pks, UPDATE, old=old, new=new))
         return count
 
     bulk_update.alters_data = True  # type: ignore[attr-defined]
+
+
+def _locked(queryset: models.QuerySet[Any, Any]) -> models.QuerySet[Any, Any]:
+    connection = connections[queryset.db]
+    if connection.in_atomic_block and connection.features.has_select_for_update:
+        return queryset.select_for_update()
+    return queryset
 
 
 def _conflict_target(model: type[Model], objs: Sequence[Model], kwargs: dict[str, Any]) -> Q | None:
@@ -168,9 +205,9 @@ def _conflict_target(model: type[Model], objs: Sequence[Model], kwargs: dict[str
 
 
 def _touched(model: type[Model], kwargs: dict[str, Any]) -> set[str]:
-    names: set[str] = set()
-    for dependency in dependencies_of(model):
-        names.update(dependency.fields or [f.name for f in model._meta.concrete_fields])
+    names = dependency_fields(model)
+    if names is None:
+        names = {f.attname for f in model._meta.concrete_fields}
     out = set()
     for name in names:
         field = model._meta.get_field(name)
@@ -272,11 +309,51 @@ def _register_inherited_manager(sender: type[Model], **kwargs: Any) -> None:
         if isinstance(manager, CacheAsideManager):
             register_row_cache(sender, manager.make_row_cache(sender))
             connect_model(sender)
+            _claim_base_manager(sender, manager)
             return
+
+
+def _claim_base_manager(model: type[Model], manager: BaseManager[Any]) -> None:
+    """
+    Make ``manager`` the model's base manager unless its ``Meta`` names one. Django's
+    related managers write through the base manager (``author.posts.add(post)`` is a
+    ``_base_manager.filter(pk__in=…).update(author=…)``), which would otherwise be a
+    plain manager that reports nothing. The app's managers filter no rows, as a base
+    manager must not (a subclass that overrides ``get_queryset()`` is left alone, and
+    check W006 flags it), and a ``get()`` they serve from the cache returns what the
+    database would.
+    """
+    meta = model._meta
+    if meta.abstract or meta.base_manager_name or type(manager).get_queryset is not _STOCK_GET_QUERYSET:
+        return
+    meta.base_manager_name = manager.name
+    meta.__dict__.pop("base_manager", None)
+
+
+def adopt_link_models() -> None:
+    """
+    Give the auto-created link model of every many-to-many relation a cache depends
+    on the app's manager, so that ``Post.tags.through.objects.bulk_create(...)`` —
+    which sends no signal — reports the links it writes. Django creates these models
+    and their plain managers itself; nothing else relies on those managers.
+    """
+    for through in link_models():
+        meta = through._meta
+        if not meta.auto_created or isinstance(through._default_manager.get_queryset(), InvalidatingQuerySet):
+            continue
+        meta.local_managers = [m for m in meta.local_managers if m.name != "objects"]
+        manager = InvalidatingManager()
+        manager.auto_created = True
+        manager.contribute_to_class(through, "objects")
+        meta._expire_cache()  # type: ignore[attr-defined]
 
 
 class InvalidatingManager(BaseManager.from_queryset(InvalidatingQuerySet)):  # type: ignore[misc]
     """Manager for models that are not cached but that cached results depend on."""
+
+    def contribute_to_class(self, model: type[Model], name: str) -> None:
+        super().contribute_to_class(model, name)
+        _claim_base_manager(model, self)
 
 
 class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ignore[misc]
@@ -311,6 +388,7 @@ class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ign
         if not model._meta.abstract:
             register_row_cache(model, self.make_row_cache(model))
             connect_model(model)
+            _claim_base_manager(model, self)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         """Return one row; by pk or unique field from the cache (no queryset is built)."""

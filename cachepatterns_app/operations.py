@@ -13,9 +13,11 @@ from typing import Any
 from django.db import router
 from django.db.models import Model
 
+from cachepatterns_app.batch import after_commit
+from cachepatterns_app.changes import UPDATE, RowChange
 from cachepatterns_app.families import Family
-from cachepatterns_app.invalidation import after_commit
-from cachepatterns_app.signals import rows_changed
+from cachepatterns_app.rows import resolve_pks
+from cachepatterns_app.writes import record
 
 __all__ = ["invalidate", "invalidate_family"]
 
@@ -26,15 +28,20 @@ def invalidate(target: Model | type[Model], *pks: Any, using: str | None = None)
 
     ``invalidate(instance)`` drops that row and every family that depends on it
     (for its current values); ``invalidate(Model, pk1, pk2, …)`` drops those rows.
+    Where the database compares primary keys loosely (text under a case-insensitive
+    collation) the rows are looked up, so that ``"ABC"`` also drops row ``"abc"``.
     """
     if isinstance(target, Model):
         model = type(target)
         db = using or target._state.db or router.db_for_write(model)
-        rows_changed(model, db, [target.pk, *pks], new=[target], refresh=False)
+        keys = resolve_pks(model, db, [target.pk, *pks])
+        record(RowChange(model, db, keys, UPDATE, new=[target], refresh=False))
         return
     if not pks:
         raise TypeError("invalidate(Model, *pks) needs at least one primary key.")
-    rows_changed(target, using or router.db_for_write(target), list(pks), refresh=False)
+    db = using or router.db_for_write(target)
+    # The primary keys are the caller's spelling: reach the database's own too.
+    record(RowChange(target, db, resolve_pks(target, db, list(pks)), UPDATE, refresh=False))
 
 
 def invalidate_family(template: str, *, using: str | None = None, **params: Any) -> None:

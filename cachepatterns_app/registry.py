@@ -21,10 +21,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Dependency",
     "dependencies_of",
+    "descendants_of",
+    "own_dependencies_of",
     "register_dependency",
     "register_row_cache",
     "row_cache_for",
     "row_caches",
+    "table_cache",
     "watched_models",
 ]
 
@@ -59,6 +62,43 @@ def row_cache_for(model: type[Model]) -> RowCache | None:
             with _lock:
                 _row_caches.setdefault(model, cache)
     return cache
+
+
+def table_cache(model: type[Model]) -> RowCache | None:
+    """
+    Return the row cache of ``model``'s table, whichever class sharing the table
+    declared it: writes through a plain concrete model must reach a cache declared
+    on one of its proxies.
+    """
+    concrete = model._meta.concrete_model or model
+    cache = _row_caches.get(concrete)
+    if cache is None:
+        cache = next((c for m, c in list(_row_caches.items()) if m._meta.concrete_model is concrete), None)
+    return cache
+
+
+_descendants: dict[type[Model], tuple[type[Model], ...]] = {}
+
+
+def descendants_of(model: type[Model]) -> tuple[type[Model], ...]:
+    """Return the concrete multi-table descendants of ``model`` (their rows hold its columns)."""
+    concrete = model._meta.concrete_model or model
+    known = _descendants.get(concrete)
+    if known is None:
+        from django.apps import apps
+
+        known = tuple(
+            other
+            for other in apps.get_models()
+            if not other._meta.proxy and concrete in other._meta.get_parent_list()
+        )
+        _descendants[concrete] = known
+    return known
+
+
+def forget_descendants() -> None:
+    """Drop the memo of :func:`descendants_of` (a model class was created)."""
+    _descendants.clear()
 
 
 def row_caches() -> dict[type[Model], RowCache]:
@@ -105,6 +145,16 @@ def dependencies_of(model: type[Model]) -> list[Dependency]:
     tables = {_table(model), *(_table(parent) for parent in model._meta.get_parent_list())}
     return [
         d for registered, deps in list(_dependencies.items()) if _table(registered) in tables for d in deps
+    ]
+
+
+def own_dependencies_of(model: type[Model]) -> list[Dependency]:
+    """Return the dependencies registered for ``model``'s table alone (not its parents)."""
+    if not _dependencies:
+        return []
+    table = _table(model)
+    return [
+        d for registered, deps in list(_dependencies.items()) if _table(registered) is table for d in deps
     ]
 
 

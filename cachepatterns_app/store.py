@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib.resources import files
 from typing import Any, TypeVar
 
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from redis import exceptions as redis_errors
 
 from cachepatterns_app.breaker import CircuitBreaker
@@ -326,3 +328,11 @@ def reset() -> None:
     """Forget every store (settings changed, or a test swapped servers)."""
     with _stores_lock:
         _stores.clear()
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    # A store holds a client for CACHES[CACHE_ALIAS] and a breaker sized by
+    # CACHEPATTERNS: tests that override either must get fresh ones.
+    if setting in {"CACHEPATTERNS", "CACHES", "SECRET_KEY"}:
+        reset()

@@ -74,7 +74,7 @@ def start_worker(queue: str, *, pool: str = "solo", extra_env: dict[str, str] | 
     import time
     from pathlib import Path
 
-    from django.db import connection
+    from django.db import connection, connections
 
     from tests.celery_app import app, ping
 
@@ -83,6 +83,7 @@ def start_worker(queue: str, *, pool: str = "solo", extra_env: dict[str, str] | 
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "CP_WORKER_DB_NAME": str(connection.settings_dict["NAME"]),
+        "CP_WORKER_OTHER_DB_NAME": str(connections["other"].settings_dict["NAME"]),
         "CP_CELERY_QUEUE": queue,
         "REDIS_URL": settings.REDIS_URL,
         **(extra_env or {}),

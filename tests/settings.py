@@ -3,8 +3,8 @@ Settings for the test suite.
 
 The database comes from ``DATABASE_URL`` (default: a SQLite file, so the suite
 runs on a machine that has only Python); Redis from ``REDIS_URL`` (default: the
-local server if it answers, else the embedded one), using database 15, which
-the suite flushes before every test.
+local server if it answers, else the embedded one), using database 15, in
+which the suite deletes the keys under its KEY_PREFIX before every test.
 """
 
 from __future__ import annotations
@@ -64,7 +64,17 @@ elif _db["ENGINE"].endswith("mysql"):
 if os.environ.get("CP_WORKER_DB_NAME"):
     # A Celery worker started by the suite must use the suite's test database.
     _db["NAME"] = os.environ["CP_WORKER_DB_NAME"]
-DATABASES = {"default": _db}
+# A second database, SQLite on every leg: the multi-database tests prove that writes on
+# one alias never change what another alias reads (keys carry the database's identity).
+_other: dict[str, object] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(BASE_DIR / "other.sqlite3"),
+    "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE"},
+    "TEST": {"NAME": str(BASE_DIR / f"test-other-{os.getpid()}.sqlite3")},
+}
+if os.environ.get("CP_WORKER_OTHER_DB_NAME"):
+    _other["NAME"] = os.environ["CP_WORKER_OTHER_DB_NAME"]
+DATABASES = {"default": _db, "other": _other}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = redis_url(db=15)

@@ -142,7 +142,7 @@ def test_everything_round_trips(
     make: Any, serializer: str, author: Author, redis: Any, django_assert_num_queries: Any, counts: Any
 ) -> None:
     row = Everything.objects.create(**make(author))
-    orm = Everything._base_manager.get(pk=row.pk)
+    orm = models.QuerySet(Everything).get(pk=row.pk)
 
     miss, hit = read_twice(Everything, row.pk, redis, django_assert_num_queries)
 
@@ -187,7 +187,7 @@ def test_moment_keeps_the_instant(author: Author, redis: Any, django_assert_num_
 
 def test_uuid_primary_key(redis: Any, django_assert_num_queries: Any, counts: Any) -> None:
     doc = Document.objects.create(title="UUID ✓")
-    orm = Document._base_manager.get(pk=doc.pk)
+    orm = models.QuerySet(Document).get(pk=doc.pk)
     miss, hit = read_twice(Document, doc.pk, redis, django_assert_num_queries)
     assert_same_row(miss, orm)
     assert_same_row(hit, orm)
@@ -202,7 +202,7 @@ def test_uuid_primary_key(redis: Any, django_assert_num_queries: Any, counts: An
 
 def test_invalid_uuid_raises_what_the_orm_raises() -> None:
     with pytest.raises(Exception) as orm_error:
-        Document._base_manager.get(pk="not-a-uuid")
+        models.QuerySet(Document).get(pk="not-a-uuid")
     with pytest.raises(Exception) as cached_error:
         Document.objects.get(pk="not-a-uuid")
     assert type(cached_error.value) is type(orm_error.value)
@@ -212,7 +212,7 @@ def test_invalid_uuid_raises_what_the_orm_raises() -> None:
 def test_author_by_unique_field(field: str, redis: Any, django_assert_num_queries: Any) -> None:
     author = Author.objects.create(name="Ünïque", email="Zoë.Test+x@example.org", slug="zoe-test", bio="b")
     value = getattr(author, field)
-    orm = Author._base_manager.get(**{field: value})
+    orm = models.QuerySet(Author).get(**{field: value})
 
     miss = Author.objects.get(**{field: value})
     assert wait_for(lambda: redis.exists(unique_key("testapp.author", field, value)))
@@ -236,7 +236,7 @@ def test_unique_lookup_agrees_with_the_database_collation(spelling: Any, author:
     # way the cache must answer exactly as the ORM does, twice (cold and warm).
     value = spelling(author.email)
     try:
-        expected: Any = Author._base_manager.get(email=value)
+        expected: Any = models.QuerySet(Author).get(email=value)
     except Author.DoesNotExist:
         expected = Author.DoesNotExist
     for _ in range(2):
@@ -293,7 +293,7 @@ def _foreign_fingerprint(redis: Any, row: Everything) -> bytes:
 
 
 def _another_models_row(redis: Any, row: Everything) -> bytes:
-    author = Author._base_manager.get(pk=row.author_id)
+    author = models.QuerySet(Author).get(pk=row.author_id)
     return get_serializer("json").dumps(row_codec(Author).encode(author))
 
 
@@ -349,7 +349,7 @@ def test_corrupt_payload_is_a_counted_miss(
     redis.set(key, bad)
     before = counts(LABEL).get("corrupt", 0)
 
-    orm = Everything._base_manager.get(pk=row.pk)
+    orm = models.QuerySet(Everything).get(pk=row.pk)
 
     got = Everything.objects.get(pk=row.pk)
 
@@ -381,7 +381,7 @@ def test_corrupt_payload_in_get_many_is_a_counted_miss(
     got = Everything.objects.get_many([row.pk])
 
     assert list(got) == [row.pk]
-    assert_same_row(got[row.pk], Everything._base_manager.get(pk=row.pk))
+    assert_same_row(got[row.pk], models.QuerySet(Everything).get(pk=row.pk))
     assert counts(LABEL)["corrupt"] > before
     _assert_replaced(redis, key, bad)
 
@@ -402,7 +402,7 @@ def test_corrupt_unique_pointer_is_ignored(pointer: Any, author: Author, redis: 
 
     got = Author.objects.get(email=author.email)
 
-    assert_same_row(got, Author._base_manager.get(email=author.email))
+    assert_same_row(got, models.QuerySet(Author).get(email=author.email))
 
 
 def test_payload_in_another_serializer_is_a_miss_when_switching(
@@ -411,7 +411,7 @@ def test_payload_in_another_serializer_is_a_miss_when_switching(
     # A rolling deploy that switches SERIALIZER finds the old format in Redis.
     settings.CACHEPATTERNS = {**settings.CACHEPATTERNS, "SERIALIZER": "pickle"}
     got = Everything.objects.get(pk=row.pk)
-    assert_same_row(got, Everything._base_manager.get(pk=row.pk))
+    assert_same_row(got, models.QuerySet(Everything).get(pk=row.pk))
     assert counts(LABEL)["corrupt"] >= 1
     assert wait_for(lambda: (redis.get(row_keys(LABEL, row.pk).value) or b"").startswith(b"cpP1"))
 
@@ -435,7 +435,7 @@ def test_values_over_max_value_bytes_are_not_cached(
         second = Everything.objects.get(pk=big.pk)
     assert counts(LABEL)["too_large"] == 2
     for got in (first, second):
-        assert_same_row(got, Everything._base_manager.get(pk=big.pk))
+        assert_same_row(got, models.QuerySet(Everything).get(pk=big.pk))
 
 
 def test_values_under_max_value_bytes_are_still_cached(

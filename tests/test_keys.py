@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import pytest
+from django.db import models
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from redis.crc import key_slot
@@ -493,7 +494,7 @@ def test_proxy_hits_the_row_its_concrete_model_filled(redis: Any, django_assert_
 @pytest.mark.django_db(transaction=True)
 def test_proxy_get_returns_proxy_instances_like_the_orm(redis: Any) -> None:
     author = Author.objects.create(name="Ada", email="ada@example.com")
-    orm = AuthorProxy._base_manager.get(pk=author.pk)
+    orm = models.QuerySet(AuthorProxy).get(pk=author.pk)
     miss = AuthorProxy.objects.get(pk=author.pk)
     assert _wait_for(lambda: redis.exists(keys_of(Author, author.pk).value))
     hit = AuthorProxy.objects.get(pk=author.pk)

@@ -18,7 +18,7 @@ import pytest
 import redis as redis_py
 from django.db import connection, models, transaction
 
-from cachepatterns_app.invalidation import Batch
+from cachepatterns_app.batch import Batch
 from tests.support import MYSQL, SQLITE, Worker, cachepatterns, keys_of, settle, unique_key
 from tests.testapp.models import Author
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.db import models
 
 from tests.testapp.models import Author
 from tests.testapp.tasks import read_author, rename_author
@@ -30,7 +31,7 @@ def test_worker_reads_through_the_shared_cache(celery_worker, redis):
     Author.objects.get(pk=author.pk)
     _wait_cached(redis, author.pk)
     # Change the row behind the cache's back: a hit in the worker proves it read Redis.
-    Author._base_manager.filter(pk=author.pk).update(name="changed-in-db")
+    models.QuerySet(Author).filter(pk=author.pk).update(name="changed-in-db")
     assert read_author.apply_async((author.pk,), queue=celery_worker.queue).get(timeout=30) == "shared"
 
 

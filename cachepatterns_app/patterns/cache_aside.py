@@ -481,10 +481,20 @@ class RowCache:
         """Hook run on ``pre_save`` (write-through bumps the version here)."""
 
     def saved(
-        self, instance: Model, using: str, update_fields: Any = None
+        self, instance: Model, using: str, update_fields: Any = None, pk: Any = None
     ) -> tuple[list[tuple[tuple[Any, ...], str]], Any]:
-        """Return the after-commit (commands, callback) for a saved instance."""
-        return self.invalidation([instance.pk], using), None
+        """
+        Return the after-commit (commands, callback) for a saved instance; ``pk`` is
+        its primary key as the database spells it (default: the instance's).
+        """
+        return self.invalidation([instance.pk if pk is None else pk], using), None
+
+    def ancestor_written(self, ancestor: type[Model], pks: Sequence[Any], using: str) -> Any:
+        """
+        Hook run inside the transaction when a multi-table ancestor's write changed
+        rows ``pks`` of this model; return an after-commit callback (or None).
+        """
+        return None
 
     def after_upsert(self, queryset: models.QuerySet[Any, Any]) -> None:
         """Hook run inside the transaction after an upsert rewrote ``queryset``'s rows."""

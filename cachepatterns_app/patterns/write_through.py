@@ -17,26 +17,24 @@ same reply. Elsewhere the row is read back: inside a transaction only its versio
 
 from __future__ import annotations
 
-import datetime
-import decimal
 import logging
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
 
-from django.conf import settings as django_settings
-from django.core.exceptions import FieldDoesNotExist, ValidationError
+from django.core.exceptions import FieldDoesNotExist
 from django.db import DatabaseError, connections, models
 from django.db.models import Expression, F, Field, Model
 from django.db.models.fields import NOT_PROVIDED
-from django.utils import timezone
 
 from cachepatterns_app import stats
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
+from cachepatterns_app.identity import NotCanonical, canonical, value_field
 from cachepatterns_app.invalidation import Command, queue_for_retry, send
 from cachepatterns_app.keys import RowKeys
 from cachepatterns_app.leases import UNSET, companion_ttl_ms, ttl_ms
 from cachepatterns_app.patterns.cache_aside import RowCache
+from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import SCRIPTS
 
 __all__ = ["WriteThroughRowCache"]
@@ -151,28 +149,31 @@ class WriteThroughRowCache(RowCache):
             instance.__dict__[_STATE] = _SaveState("bump")
             return
         connection = connections[using]
+        # A save that raised before its UPDATE ran never reached post_save: drop its guard.
+        connection.execute_wrappers[:] = [
+            w for w in connection.execute_wrappers if not isinstance(w, _VersionGuard)
+        ]
+        original = getattr(instance, field.attname)
         state = _SaveState("increment")
-        if connection.vendor == "mysql":
-            # A save that raised never reached post_save: drop its wrapper first.
-            connection.execute_wrappers[:] = [
-                w for w in connection.execute_wrappers if not isinstance(w, _VersionCapture)
-            ]
-            state.capture = _VersionCapture(self.model._meta.db_table)
-            connection.execute_wrappers.append(state.capture)
+        mysql = connection.vendor == "mysql"
+        state.guard = _VersionGuard(instance, field, original, mysql)
+        connection.execute_wrappers.append(state.guard)
+        if mysql:
             setattr(instance, field.attname, _NextVersion(field.column or field.attname, field))
         else:
             setattr(instance, field.attname, F(field.attname) + 1)
         instance.__dict__[_STATE] = state
 
     def saved(
-        self, instance: Model, using: str, update_fields: Any = None
+        self, instance: Model, using: str, update_fields: Any = None, pk: Any = None
     ) -> tuple[list[tuple[Command, str]], Any]:
         state: _SaveState = instance.__dict__.pop(_STATE, None) or _SaveState("increment")
         connection = connections[using]
-        if state.capture is not None and state.capture in connection.execute_wrappers:
-            connection.execute_wrappers.remove(state.capture)
+        guard = state.guard
+        if guard is not None and guard in connection.execute_wrappers:
+            connection.execute_wrappers.remove(guard)
         field = self.version
-        pk = instance.pk
+        pk = instance.pk if pk is None else pk
 
         def query() -> models.QuerySet[Any, Any]:
             return models.QuerySet(self.model, using=using).filter(pk=pk)
@@ -181,28 +182,90 @@ class WriteThroughRowCache(RowCache):
         if state.mode == "bump":
             query().update(**{field.attname: F(field.attname) + 1})
             version = None
-        elif state.capture is not None and state.capture.version is not None:
-            version = state.capture.version
-        elif hasattr(version, "resolve_expression"):
-            version = None
-        if version is None and connection.in_atomic_block:
-            # The row is locked by this transaction until commit: its version is ours.
-            version = query().values_list(field.attname, flat=True).get()
-        if version is not None:
-            setattr(instance, field.attname, version)
+        elif guard is not None and guard.version is not None:
+            version = guard.version
+        elif guard is not None or hasattr(version, "resolve_expression"):
+            version = None  # the database incremented it; only it knows the result
         full_save = update_fields is None and not self.codec.deferred(instance)
         if version is not None and full_save and self._memory_is_the_row:
-            canonical = _canonical(instance, self.model)
-            if canonical is None:
-                return [], lambda: self._reread_and_put([pk], using)
-            payload = self.encode(canonical)
+            setattr(instance, field.attname, version)
+            stored = self.stored_form(instance, connection)
+            if stored is not None:
+                payload = self.encode(stored)
+                if payload is None:
+                    # The new row cannot be cached (too large, unencodable): drop the old one.
+                    return self.invalidation([pk], using), None
+                keys = self.keys(pk, using)
+                command = self.put_command(keys, int(version), payload)
+                return [], lambda: self._put([(keys, command)])
+        if connection.in_atomic_block:
+            # Read the row back now: this transaction holds its lock until commit, so
+            # what it reads is exactly what commits, and the put after commit stores it.
+            row = query().get()
+            setattr(instance, field.attname, getattr(row, field.attname))
+            payload = self.encode(row)
             if payload is None:
-                # The new row cannot be cached (too large, unencodable): drop the old one.
                 return self.invalidation([pk], using), None
             keys = self.keys(pk, using)
-            command = self.put_command(keys, int(version), payload)
+            command = self.put_command(keys, int(getattr(row, field.attname) or 0), payload)
             return [], lambda: self._put([(keys, command)])
-        return [], lambda: self._reread_and_put([pk], using, instance if version is None else None)
+        # Autocommit: the save has committed already; read it back and put.
+        return [], lambda: self._reread_and_put([pk], using, instance)
+
+    def stored_form(self, instance: Model, connection: Any) -> Model | None:
+        """
+        Return ``instance`` with every value as a fresh ORM read would return it, or
+        None where only the database can tell (an expression; a Decimal with more
+        places than the column keeps, which backends round differently; a field class
+        of the project's own, whose ``get_prep_value`` may normalise; JSON that the
+        backend normalises; a column the database computes).
+        """
+        changed: dict[str, Any] = {}
+        data = instance.__dict__
+        for field, attname, kind in self._field_kinds:
+            value = data.get(attname)
+            if value is None:
+                continue
+            if hasattr(value, "resolve_expression") or kind is None:
+                return None
+            if kind == "json" and not _json_kept_as_text(connection):
+                return None
+            try:
+                new = canonical(field, value) if kind != "json" else value
+            except NotCanonical:
+                return None
+            if kind == "decimal" and len(new.as_tuple().digits) > (getattr(field, "max_digits", 0) or 0):
+                return None
+            if new is not value:
+                changed[attname] = new
+        if not changed:
+            return instance
+        clone = self.model.__new__(self.model)
+        clone.__dict__.update(data)
+        clone.__dict__.update(changed)
+        return clone
+
+    @cached_property
+    def _field_kinds(self) -> list[tuple[Field[Any, Any], str, str | None]]:
+        return [(f, f.attname, _stored_kind(f)) for f in self.model._meta.concrete_fields]
+
+    def ancestor_written(self, ancestor: type[Model], pks: Sequence[Any], using: str) -> Any:
+        """
+        A multi-table ancestor's write changed columns of these cached rows. Give them
+        a new version in the same transaction (unless that write already bumped the
+        shared version column), so that no put of an older copy still on its way can
+        win, then put the rows as they are after commit.
+        """
+        field = self.version
+        defined_on = field.model._meta.concrete_model if field.model else None
+        ancestor_table = ancestor._meta.concrete_model
+        lineage = {ancestor_table, *(ancestor_table._meta.get_parent_list() if ancestor_table else ())}
+        bumped = defined_on in lineage and isinstance(row_cache_for(ancestor), WriteThroughRowCache)
+        if not bumped and defined_on is not None and pks:
+            models.QuerySet(defined_on, using=using).filter(pk__in=list(pks)).update(
+                **{field.attname: F(field.attname) + 1}
+            )
+        return self.bulk_written(pks, using)
 
     def bulk_written(self, pks: Sequence[Any], using: str) -> Any:
         """
@@ -297,58 +360,84 @@ class _SaveState:
 
     def __init__(self, mode: str) -> None:
         self.mode = mode
-        self.capture: _VersionCapture | None = None
+        self.guard: _VersionGuard | None = None
 
 
-class _VersionCapture:
-    """An execute wrapper that reads the version ``LAST_INSERT_ID(…)`` produced."""
+class _VersionGuard:
+    """
+    An execute wrapper around the UPDATE that increments the version. It learns the
+    new version where the backend says it (MySQL's ``LAST_INSERT_ID``), and gives the
+    instance back its integer version if the UPDATE fails (an ``IntegrityError``) or
+    matched no row (Django then inserts it) — never leaving the expression behind.
+    """
 
-    def __init__(self, table: str) -> None:
-        self.table = table
+    def __init__(self, instance: Model, field: Field[Any, Any], original: Any, mysql: bool) -> None:
+        self.instance = instance
+        self.attname = field.attname
+        self.table = field.model._meta.db_table if field.model else ""
+        self.original = original
+        self.mysql = mysql
         self.version: int | None = None
+        self.done = False
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        result = execute(sql, params, many, context)
-        if (
-            self.version is None
-            and sql.startswith("UPDATE")
-            and self.table in sql
-            and "LAST_INSERT_ID" in sql
-        ):
-            cursor = context["cursor"]
-            if cursor.rowcount:
-                self.version = int(cursor.lastrowid)
+        if self.done or not sql.startswith("UPDATE") or self.table not in sql:
+            return execute(sql, params, many, context)
+        self.done = True
+        try:
+            result = execute(sql, params, many, context)
+        except BaseException:
+            self.instance.__dict__[self.attname] = self.original
+            raise
+        cursor = context["cursor"]
+        if not cursor.rowcount:
+            self.instance.__dict__[self.attname] = self.original
+        elif self.mysql and "LAST_INSERT_ID" in sql:
+            self.version = int(cursor.lastrowid)
+            self.instance.__dict__[self.attname] = self.version
+        elif isinstance(self.original, int):
+            # The database knows the exact value (a concurrent writer may have moved
+            # it): post_save reads it back. Until then, an integer, not an expression.
+            self.instance.__dict__[self.attname] = self.original + 1
         return result
 
 
-def _canonical(instance: Model, model: type[Model]) -> Model | None:
+def _stored_kind(field: Field[Any, Any]) -> str | None:
     """
-    Return ``instance`` with its values as the database will return them (``"7"``
-    in an integer field is 7, a naive datetime is made aware, a Decimal has the
-    field's places), or None if a value cannot be converted.
+    Return how a field's in-memory value relates to what the database stores:
+    ``"plain"`` (the same once canonical), ``"decimal"``, ``"json"``, or
+    None (only the database can tell: read the row back).
     """
-    changed: dict[str, Any] = {}
-    for field in model._meta.concrete_fields:
-        value = instance.__dict__.get(field.attname)
-        if value is None or isinstance(field, models.JSONField | models.FileField | models.BinaryField):
-            continue
-        try:
-            new = field.to_python(value)
-            if isinstance(field, models.DateTimeField) and isinstance(new, datetime.datetime):
-                if django_settings.USE_TZ:
-                    if timezone.is_naive(new):
-                        # What Django does when saving a naive datetime with USE_TZ.
-                        new = timezone.make_aware(new, timezone.get_default_timezone())
-                    new = new.astimezone(datetime.UTC)
-            elif isinstance(field, models.DecimalField) and isinstance(new, decimal.Decimal):
-                new = new.quantize(decimal.Decimal(1).scaleb(-(field.decimal_places or 0)))
-        except (ValidationError, decimal.InvalidOperation, TypeError, ValueError):
-            return None
-        if new is not value:
-            changed[field.attname] = new
-    if not changed:
-        return instance
-    clone = model.__new__(model)
-    clone.__dict__.update(instance.__dict__)
-    clone.__dict__.update(changed)
-    return clone
+    target = value_field(field)
+    if type(target).__module__.split(".")[0] != "django":
+        return None
+    if isinstance(target, models.GeneratedField):
+        return None
+    if isinstance(target, models.JSONField):
+        return "json"
+    if isinstance(target, models.DecimalField):
+        return "decimal"
+    if isinstance(
+        target,
+        models.CharField
+        | models.TextField
+        | models.GenericIPAddressField
+        | models.IntegerField
+        | models.AutoField
+        | models.BooleanField
+        | models.FloatField
+        | models.DateField
+        | models.TimeField
+        | models.DurationField
+        | models.UUIDField
+        | models.BinaryField
+        | models.FileField,
+    ):
+        return "plain"
+    return None
+
+
+def _json_kept_as_text(connection: Any) -> bool:
+    # MariaDB and SQLite keep JSON as the text sent; MySQL's JSON type and PostgreSQL's
+    # jsonb re-order keys and drop duplicates, so there only a read-back is exact.
+    return bool(connection.vendor == "sqlite" or getattr(connection, "mysql_is_mariadb", False))

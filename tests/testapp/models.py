@@ -7,6 +7,7 @@ import uuid
 from django.db import models
 
 from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
+from tests.testapp.collations import LOOSE_COLLATION
 
 
 class Author(models.Model):
@@ -145,3 +146,44 @@ class Stamped(models.Model):
 
 class Article(Stamped):
     title = models.CharField(max_length=100)
+
+
+# -- identity (issue 7): spellings the database treats as one value ------------------------
+
+
+class Code(models.Model):
+    """A natural string primary key on a collation that ignores case (on MySQL also accents, spaces)."""
+
+    code = models.CharField(primary_key=True, max_length=20, db_collation=LOOSE_COLLATION)
+    label = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Member(models.Model):
+    """A unique text field on a collation that ignores case."""
+
+    email = models.CharField(max_length=100, unique=True, db_collation=LOOSE_COLLATION)
+    name = models.CharField(max_length=100)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Price(models.Model):
+    """A Decimal primary key: ``"1.5"`` and ``1.50`` are one row."""
+
+    amount = models.DecimalField(primary_key=True, max_digits=6, decimal_places=2)
+    label = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Listing(models.Model):
+    """Rows whose families are keyed by a string foreign key, a UUID and a case-insensitive text."""
+
+    code = models.ForeignKey(Code, on_delete=models.CASCADE, related_name="listings")
+    document = models.ForeignKey(Document, null=True, on_delete=models.SET_NULL, related_name="listings")
+    member_email = models.CharField(max_length=100, db_collation=LOOSE_COLLATION, default="")
+    title = models.CharField(max_length=100)
+
+    objects = InvalidatingManager()

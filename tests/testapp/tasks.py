@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import models
 
 from tests.testapp.models import Author
 
 
 @shared_task(name="tests.rename_author")
 def rename_author(pk: int, name: str) -> str:
-    author = Author._base_manager.get(pk=pk)
+    author = models.QuerySet(Author).get(pk=pk)
     author.name = name
     author.save()
     return author.name
