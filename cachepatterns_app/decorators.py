@@ -28,7 +28,7 @@ from django.db.models import Model
 from cachepatterns_app import params as param_fields
 from cachepatterns_app import stats
 from cachepatterns_app.arguments import Signature, default_key, dependency_params
-from cachepatterns_app.batch import after_commit, has_pending_writes
+from cachepatterns_app.batch import BumpWatch, after_commit, has_pending_writes, watch_bumps
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import (
     CacheUnavailable,
@@ -346,8 +346,16 @@ def write_through(
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            result = materialise(fn(*args, **kwargs))
-            _schedule_put(target, target.signature.params(args, kwargs), result)
+            params = target.signature.params(args, kwargs)
+            watch = _watch_family(target, params)
+            if watch is None:
+                result = materialise(fn(*args, **kwargs))
+            else:
+                # Every bump of this family that the writer's own writes schedule meanwhile
+                # reports to the watch: the put then knows which generation is its own.
+                with watch_bumps(watch):
+                    result = materialise(fn(*args, **kwargs))
+            _schedule_put(target, params, result, watch)
             return result
 
         return cast("F", wrapper)
@@ -355,7 +363,23 @@ def write_through(
     return decorate
 
 
-def _schedule_put(target: Target, params: dict[str, Any], value: Any) -> None:
+def _watch_family(target: Target, params: dict[str, Any]) -> BumpWatch | None:
+    """Read the family's generation before the writer computes (one round trip)."""
+    if target.family is None:
+        return None
+    try:
+        keys = target.family.keys(params, target.using or DEFAULT_DB_ALIAS)
+    except (NotCanonical, TypeError):
+        return None
+    try:
+        raw = get_store().execute("GET", keys.generation)
+    except CacheUnavailable:
+        raw = None
+    before = raw.decode() if isinstance(raw, bytes) else (str(raw) if raw is not None else None)
+    return BumpWatch(keys.generation, before)
+
+
+def _schedule_put(target: Target, params: dict[str, Any], value: Any, watch: BumpWatch | None = None) -> None:
     label = target.label
     using = target.using or _db_for(value)
     try:
@@ -372,11 +396,25 @@ def _schedule_put(target: Target, params: dict[str, Any], value: Any) -> None:
         after_commit([(slot.forget(), label)], using)
         return
     ms = ttl_ms(target.ttl)
-    command = slot.put(payload, ms, _version_of(value), companion_ttl_ms(ms))
+    member = slot if isinstance(slot, FamilySlot) else None
+    if member is None or watch is None or watch.key != member.keys.generation:
+        watch = None  # not a family, or keyed under another database than the one read
+
+    def command() -> Any:
+        if member is not None and watch is not None:
+            expected = watch.expected()
+            if expected is None and watch.results:
+                return None  # another writer bumped between: our own bump invalidated it all
+            return member.put_ordered(payload, ms, expected, bump=not watch.results)
+        return slot.put(payload, ms, _version_of(value), companion_ttl_ms(ms))
 
     def put() -> None:
+        todo = command()
+        if todo is None:
+            stats.record("stale_refused", label)
+            return
         try:
-            (reply,) = get_store().pipeline([command])
+            (reply,) = get_store().pipeline([todo])
         except CacheUnavailable as e:
             logger.error("write_through put of %s failed (%s); invalidating on recovery", slot.member, e)
             queue_for_retry({slot.forget(): label})

@@ -124,3 +124,12 @@ class FamilySlot(Slot):
     def put(self, payload: bytes, ttl: int, version: int | None, version_ttl: int) -> Command:
         # Members are never versioned: a family bump is what orders their writers.
         return ("SCRIPT", "family_put", (self.keys.generation,), (self.keys.base, self.member, payload, ttl))
+
+    def put_ordered(self, payload: bytes, ttl: int, expected: str | None, bump: bool) -> Command:
+        """
+        Return the put of a ``@write_through`` writer that read the generation
+        ``expected`` before computing ``payload`` (``bump``: its own writes did not
+        bump the family, so the put does).
+        """
+        args = (self.keys.base, self.member, payload, ttl, expected or "", "1" if bump else "0")
+        return ("SCRIPT", "family_put_ordered", (self.keys.generation,), args)
