@@ -234,7 +234,7 @@ class RowCache:
             target = _json.loads(payload)
             if not isinstance(target, list) or len(target) != 2:
                 raise SerializationError("not a [pk, value] pair")
-            return self.codec.decode_field(self.pk_attname, target[0]), target[1]
+            return self.canonical_pk(self.codec.decode_field(self.pk_attname, target[0])), target[1]
         except (SerializationError, ValidationError, TypeError, ValueError, decimal.InvalidOperation) as e:
             logger.warning("Discarding unreadable unique-field pointer of %s: %s", self.label, e)
             stats.record("corrupt", self.label)

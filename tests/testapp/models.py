@@ -8,6 +8,7 @@ from django.db import models
 
 from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
 from tests.testapp.collations import LOOSE_COLLATION
+from tests.testapp.fields import DB_CASCADE, DB_SET_NULL, LowerCaseField
 
 
 class Author(models.Model):
@@ -187,3 +188,89 @@ class Listing(models.Model):
     title = models.CharField(max_length=100)
 
     objects = InvalidatingManager()
+
+
+# -- write paths (issue 8) ----------------------------------------------------------------------
+
+
+class Vehicle(models.Model):
+    """A plain (uncached) multi-table parent of cached children."""
+
+    name = models.CharField(max_length=50)
+    owner_id = models.IntegerField(default=0)
+
+    objects = InvalidatingManager()
+
+
+class Car(Vehicle):
+    """A cache-aside child: its cached rows hold Vehicle's columns."""
+
+    doors = models.IntegerField(default=4)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Truck(Vehicle):
+    """A write-through child whose version column lives in the child's own table."""
+
+    axles = models.IntegerField(default=2)
+    version = models.PositiveBigIntegerField(default=0)
+
+    objects = WriteThroughManager(ttl=300)
+
+
+class Media(models.Model):
+    """A concrete model that is not cached itself; a proxy of it is."""
+
+    title = models.CharField(max_length=50)
+
+    objects = InvalidatingManager()
+
+
+class CachedMedia(Media):
+    objects = CacheAsideManager(ttl=300)
+
+    class Meta:
+        proxy = True
+
+
+class Ledger(models.Model):
+    """Write-through with values the database rewrites: Decimal rounding, a normalising field."""
+
+    code = LowerCaseField(max_length=30, unique=True)
+    amount = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+    data = models.JSONField(default=dict)
+    version = models.PositiveBigIntegerField(default=0)
+
+    objects = WriteThroughManager(ttl=300)
+
+
+class Kennel(models.Model):
+    """Parent of rows the database deletes or updates by itself (Django 6.1's DB_* on_delete)."""
+
+    name = models.CharField(max_length=50)
+
+    objects = InvalidatingManager()
+
+
+class Dog(models.Model):
+    kennel = models.ForeignKey(Kennel, on_delete=DB_CASCADE, related_name="dogs")
+    name = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Puppy(models.Model):
+    """Cascaded in the database from a Dog, itself cascaded from a Kennel."""
+
+    dog = models.ForeignKey(Dog, on_delete=DB_CASCADE, related_name="puppies")
+    name = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Cat(models.Model):
+    kennel = models.ForeignKey(Kennel, null=True, on_delete=DB_SET_NULL, related_name="cats")
+    name = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
