@@ -98,6 +98,15 @@ class InvalidatingQuerySet(models.QuerySet[M]):
 
     update.alters_data = True  # type: ignore[attr-defined]
 
+    def create(self, **kwargs: Any) -> M:
+        """Create a row; Django sends no signal for an auto-created link model's rows: report it."""
+        obj = super().create(**kwargs)
+        if is_link_model(self.model) and self.model._meta.auto_created:
+            record_links(self.model, self._write_db(), [obj])
+        return obj
+
+    create.alters_data = True  # type: ignore[attr-defined]
+
     def delete(self) -> tuple[int, dict[str, int]]:
         """Delete the matching rows; a link model's rows report their links in one go."""
         if not is_link_model(self.model):

@@ -274,3 +274,20 @@ class Cat(models.Model):
     name = models.CharField(max_length=50)
 
     objects = CacheAsideManager(ttl=300)
+
+
+class Team(models.Model):
+    """A many-to-many relation through a link model of the project's own."""
+
+    name = models.CharField(max_length=50)
+    members = models.ManyToManyField(Author, through="Membership", related_name="teams")
+
+    objects = InvalidatingManager()
+
+
+class Membership(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE)
+    author = models.ForeignKey(Author, on_delete=models.CASCADE)
+    role = models.CharField(max_length=20, default="member")
+
+    objects = InvalidatingManager()
