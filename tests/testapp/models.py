@@ -207,7 +207,7 @@ class Car(Vehicle):
 
     doors = models.IntegerField(default=4)
 
-    objects = CacheAsideManager(ttl=300)
+    objects = CacheAsideManager(ttl=300)  # type: ignore[misc]
 
 
 class Truck(Vehicle):
@@ -216,7 +216,7 @@ class Truck(Vehicle):
     axles = models.IntegerField(default=2)
     version = models.PositiveBigIntegerField(default=0)
 
-    objects = WriteThroughManager(ttl=300)
+    objects = WriteThroughManager(ttl=300)  # type: ignore[misc]
 
 
 class Media(models.Model):
@@ -228,7 +228,7 @@ class Media(models.Model):
 
 
 class CachedMedia(Media):
-    objects = CacheAsideManager(ttl=300)
+    objects = CacheAsideManager(ttl=300)  # type: ignore[misc]
 
     class Meta:
         proxy = True
