@@ -263,7 +263,7 @@ def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
 
     from cachepatterns_app.managers import CacheAsideManager, InvalidatingQuerySet
     from cachepatterns_app.patterns.write_through import WriteThroughRowCache
-    from cachepatterns_app.registry import row_caches, watched_models
+    from cachepatterns_app.registry import row_caches
 
     out: list[CheckMessage] = []
     for model, cache in row_caches().items():
@@ -302,15 +302,14 @@ def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                     id="cachepatterns.W006",
                 )
             )
-    for model in watched_models():
-        if model._meta.abstract:
-            continue
+    for model in sorted(_writers_that_must_report(), key=lambda m: m._meta.label):
         manager = model._default_manager
         if not isinstance(manager.get_queryset(), InvalidatingQuerySet):
             out.append(
                 Warning(
-                    f"{model._meta.label} is cached or named in depends_on, but its default "
-                    f"manager {type(manager).__name__} does not report bulk writes.",
+                    f"{model._meta.label}'s rows are cached or depended on (by itself, a proxy, a "
+                    f"multi-table child or a many-to-many relation), but its default manager "
+                    f"{type(manager).__name__} does not report bulk writes.",
                     hint="QuerySet.update(), bulk_create() and bulk_update() through it will not "
                     "invalidate the cache. Make the default manager a CacheAsideManager, "
                     "WriteThroughManager or InvalidatingManager.",
@@ -318,6 +317,38 @@ def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                     id="cachepatterns.W004",
                 )
             )
+        base = model._base_manager
+        if base is not manager and not isinstance(base.get_queryset(), InvalidatingQuerySet):
+            out.append(
+                Warning(
+                    f"{model._meta.label}'s base manager {type(base).__name__} "
+                    f"({model._meta.base_manager_name or 'Django default'}) does not report bulk writes.",
+                    hint="Related managers write through the base manager (author.posts.add(post) "
+                    "updates the posts through it), so those writes will not invalidate the cache. "
+                    "Point Meta.base_manager_name at the app's manager, or leave it unset.",
+                    obj=model,
+                    id="cachepatterns.W007",
+                )
+            )
+    return out
+
+
+def _writers_that_must_report() -> set[Any]:
+    """Every model class whose bulk writes change rows a cache holds or depends on."""
+    from cachepatterns_app.registry import watched_models
+    from cachepatterns_app.signals import link_models
+
+    tables: set[Any] = set()
+    registries: set[Any] = set()
+    for model in watched_models():
+        if model._meta.abstract:
+            continue
+        concrete = model._meta.concrete_model or model
+        # A multi-table parent's writes change its cached children's rows.
+        tables.update({concrete, *concrete._meta.get_parent_list()})
+        registries.add(model._meta.apps)
+    out = {m for apps in registries for m in apps.get_models() if (m._meta.concrete_model or m) in tables}
+    out.update(m for m in link_models() if not m._meta.auto_created)
     return out
 
 

@@ -28,7 +28,12 @@ from cachepatterns_app.changes import UPDATE, RowChange
 from cachepatterns_app.exceptions import ConfigurationError
 from cachepatterns_app.leases import UNSET
 from cachepatterns_app.patterns.cache_aside import RowCache
-from cachepatterns_app.registry import has_own_row_cache, register_row_cache, row_cache_for
+from cachepatterns_app.registry import (
+    forget_descendants,
+    has_own_row_cache,
+    register_row_cache,
+    row_cache_for,
+)
 from cachepatterns_app.rows import dependency_fields, old_rows, resolve_pks
 from cachepatterns_app.signals import connect_model, is_link_model, link_models, record_links
 from cachepatterns_app.writes import fresh_rows, record, watched
@@ -308,11 +313,21 @@ _STOCK_GET_QUERYSET = BaseManager.get_queryset
 @receiver(class_prepared)
 def _register_inherited_manager(sender: type[Model], **kwargs: Any) -> None:
     """
-    Django gives a model the managers of its abstract parents by copying them,
-    without calling ``contribute_to_class``: register those here, so that a cached
-    manager declared on an abstract base caches its concrete subclasses.
+    Connect the signal handlers of a model with a cached manager once Django has
+    finished building it. Django gives a model the managers of its abstract parents
+    by copying them, without calling ``contribute_to_class``: register those here
+    too, so that a cached manager declared on an abstract base caches its concrete
+    subclasses.
     """
-    if sender._meta.abstract or sender._meta.proxy or has_own_row_cache(sender):
+    forget_descendants()  # a new class may be a descendant of a cached one
+    if sender._meta.abstract:
+        return
+    if has_own_row_cache(sender):
+        # Connected here, not in contribute_to_class: the class's parents are set up
+        # after its managers, and asking for them earlier would cache an empty list.
+        connect_model(sender)
+        return
+    if sender._meta.proxy:
         return
     for manager in sender._meta.managers:
         if isinstance(manager, CacheAsideManager):
@@ -396,7 +411,6 @@ class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ign
         super().contribute_to_class(model, name)
         if not model._meta.abstract:
             register_row_cache(model, self.make_row_cache(model))
-            connect_model(model)
             _claim_base_manager(model, self)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:

@@ -331,6 +331,71 @@ def test_w004_cached_model_whose_default_manager_does_not_report_bulk_writes(
     assert ("cachepatterns.W004", PlainFirst) in found
 
 
+@isolate_apps("tests.testapp")
+def test_w004_the_plain_concrete_model_of_a_cached_proxy(forget_models: list[Any]) -> None:
+    class PlainMedia(models.Model):
+        title = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = "testapp"
+
+    class CachedPlainMedia(PlainMedia):
+        objects = CacheAsideManager()
+
+        class Meta:
+            app_label = "testapp"
+            proxy = True
+
+    forget_models.append(CachedPlainMedia)
+    found = [(m.id, m.obj) for m in check_models()]
+    assert ("cachepatterns.W004", PlainMedia) in found
+    assert ("cachepatterns.W004", CachedPlainMedia) not in found
+
+
+@isolate_apps("tests.testapp")
+def test_w004_the_plain_multi_table_parent_of_a_cached_child(forget_models: list[Any]) -> None:
+    class PlainParent(models.Model):
+        name = models.CharField(max_length=10)
+
+        class Meta:
+            app_label = "testapp"
+
+    class CachedChild(PlainParent):
+        objects = CacheAsideManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget_models.append(CachedChild)
+    found = [(m.id, m.obj) for m in check_models()]
+    assert ("cachepatterns.W004", PlainParent) in found
+
+
+@isolate_apps("tests.testapp")
+def test_w007_a_base_manager_named_in_meta_that_reports_nothing(forget_models: list[Any]) -> None:
+    class NamedBase(models.Model):
+        name = models.CharField(max_length=10)
+        objects = CacheAsideManager()
+        plain = models.Manager()  # noqa: DJ012
+
+        class Meta:
+            app_label = "testapp"
+            base_manager_name = "plain"
+
+    class ClaimedBase(models.Model):
+        name = models.CharField(max_length=10)
+        objects = CacheAsideManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget_models.extend([NamedBase, ClaimedBase])
+    found = [(m.id, m.obj) for m in check_models()]
+    assert ("cachepatterns.W007", NamedBase) in found
+    assert ("cachepatterns.W007", ClaimedBase) not in found
+    assert ClaimedBase._base_manager is ClaimedBase.objects
+
+
 # -- isolation level ---------------------------------------------------------------
 
 
