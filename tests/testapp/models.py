@@ -291,3 +291,31 @@ class Membership(models.Model):
     role = models.CharField(max_length=20, default="member")
 
     objects = InvalidatingManager()
+
+
+def _no_kennel() -> None:
+    return None
+
+
+class Bowl(models.Model):
+    """Children Django's collector rewrites with SET_DEFAULT and SET()."""
+
+    kennel = models.ForeignKey(
+        Kennel, null=True, default=None, on_delete=models.SET_DEFAULT, related_name="bowls"
+    )
+    spare_for = models.ForeignKey(
+        Kennel, null=True, on_delete=models.SET(_no_kennel), related_name="spare_bowls"
+    )
+    name = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
+
+
+class Collar(models.Model):
+    """Rows whose parents' deletes are refused (PROTECT, RESTRICT): nothing may change."""
+
+    dog = models.ForeignKey(Dog, on_delete=models.PROTECT, related_name="collars")
+    kennel = models.ForeignKey(Kennel, null=True, on_delete=models.RESTRICT, related_name="collars")
+    name = models.CharField(max_length=50)
+
+    objects = CacheAsideManager(ttl=300)
