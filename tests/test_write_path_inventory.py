@@ -22,7 +22,7 @@ from django.test.utils import CaptureQueriesContext
 
 from cachepatterns_app import cache_aside
 from tests.support import keys_of, settle
-from tests.testapp.models import Author, Bowl, Collar, Dog, Kennel, Post, Profile, Tag
+from tests.testapp.models import Author, Bowl, Collar, Kennel, Post, Profile, Tag
 
 INVENTORY = Path(__file__).resolve().parent.parent / "docs" / "write-paths.md"
 
@@ -301,14 +301,14 @@ def test_set_default_and_set_rewrite_cached_children(redis):
 @db
 def test_protect_and_restrict_change_nothing(redis):
     kennel = Kennel.objects.create(name="k")
-    dog = Dog.objects.create(kennel=Kennel.objects.create(name="other"), name="rex")
-    collar = Collar.objects.create(dog=dog, kennel=kennel, name="red")
+    owner = Author.objects.create(name="Ada", email="ada@example.com")
+    collar = Collar.objects.create(owner=owner, kennel=kennel, name="red")
     warm_row(Collar, collar.pk)
-    warm_row(Dog, dog.pk)
+    warm_row(Author, owner.pk)
     with pytest.raises(ProtectedError):
-        dog.delete()
+        owner.delete()
     with pytest.raises(RestrictedError):
         kennel.delete()
     assert queries(lambda: Collar.objects.get(pk=collar.pk).name) == (0, "red")
-    assert Dog.objects.get(pk=dog.pk).name == "rex"
+    assert Author.objects.get(pk=owner.pk).name == "Ada"
     assert redis.exists(keys_of(Collar, collar.pk).value) == 1

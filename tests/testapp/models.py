@@ -314,7 +314,7 @@ class Bowl(models.Model):
 class Collar(models.Model):
     """Rows whose parents' deletes are refused (PROTECT, RESTRICT): nothing may change."""
 
-    dog = models.ForeignKey(Dog, on_delete=models.PROTECT, related_name="collars")
+    owner = models.ForeignKey(Author, on_delete=models.PROTECT, related_name="collars")
     kennel = models.ForeignKey(Kennel, null=True, on_delete=models.RESTRICT, related_name="collars")
     name = models.CharField(max_length=50)
 
