@@ -133,7 +133,7 @@ def _author_fields(rng: random.Random, pk: int, now: datetime.datetime) -> dict[
 
 def create_rows() -> None:
     """Insert the rows; through the plain base managers so nothing is invalidated or cached."""
-    from bench.models import Author, PlainAuthor, PlainProfile, Post, Profile
+    from bench.models import Author, Ledger, PlainAuthor, PlainLedger, PlainProfile, Post, Profile
 
     rng = random.Random(20261128)
     now = datetime.datetime(2026, 11, 28, 12, 0, tzinfo=datetime.UTC)
@@ -142,6 +142,8 @@ def create_rows() -> None:
     models.QuerySet(PlainAuthor).bulk_create([PlainAuthor(**row) for row in rows])
     models.QuerySet(Profile).bulk_create([Profile(**row) for row in rows[:PROFILES]])
     models.QuerySet(PlainProfile).bulk_create([PlainProfile(**row) for row in rows[:PROFILES]])
+    models.QuerySet(Ledger).bulk_create([Ledger(**row) for row in rows[:PROFILES]])
+    models.QuerySet(PlainLedger).bulk_create([PlainLedger(**row) for row in rows[:PROFILES]])
     posts = []
     for author in range(1, 21):
         count = PAGE_POSTS if author == PAGE_AUTHOR else 12

@@ -15,7 +15,16 @@ from django.db import models
 
 from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
 
-__all__ = ["BENCH_MODELS", "Author", "PlainAuthor", "PlainProfile", "Post", "Profile"]
+__all__ = [
+    "BENCH_MODELS",
+    "Author",
+    "Ledger",
+    "PlainAuthor",
+    "PlainLedger",
+    "PlainProfile",
+    "Post",
+    "Profile",
+]
 
 
 class AuthorFields(models.Model):
@@ -64,6 +73,24 @@ class PlainProfile(AuthorFields):
     objects: ClassVar[models.Manager[PlainProfile]] = models.Manager()
 
 
+class Ledger(AuthorFields):
+    """Write-through with a Decimal column: values the database may round are read back."""
+
+    amount = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    version = models.PositiveBigIntegerField(default=0)
+
+    objects = WriteThroughManager(ttl=3600)
+
+
+class PlainLedger(AuthorFields):
+    """The ledger's columns without any caching: the baseline of its save()."""
+
+    amount = models.DecimalField(max_digits=10, decimal_places=2, default=0)
+    version = models.PositiveBigIntegerField(default=0)
+
+    objects: ClassVar[models.Manager[PlainLedger]] = models.Manager()
+
+
 class Post(models.Model):
     """The seed's posts, paginated per author by the ``@cache_aside`` page function."""
 
@@ -82,4 +109,12 @@ class Post(models.Model):
 
 
 # Creation order (foreign keys after their targets).
-BENCH_MODELS: list[type[models.Model]] = [Author, PlainAuthor, Profile, PlainProfile, Post]
+BENCH_MODELS: list[type[models.Model]] = [
+    Author,
+    PlainAuthor,
+    Profile,
+    PlainProfile,
+    Ledger,
+    PlainLedger,
+    Post,
+]

@@ -15,13 +15,15 @@ __all__ = ["ROWS", "TARGETS", "Target", "evaluate", "fmt_ns", "markdown", "text_
 #: (section, [(measurement, the measurement its ratio is taken against)]).
 ROWS: list[tuple[str, list[tuple[str, str]]]] = [
     (
-        "Single-row reads (issue 2, issue 4)",
+        "Single-row reads (issue 2, issue 4, issue 7)",
         [
             ("raw_get", "raw_get"),
             ("raw_lua_read", "raw_get"),
             ("dr_get", "raw_get"),
             ("hit", "raw_get"),
             ("wt_read_after_write", "hit"),
+            ("hit_identity", "hit"),
+            ("hit_decode", "hit"),
             ("orm_get", "raw_get"),
             ("miss", "orm_get"),
         ],
@@ -35,7 +37,7 @@ ROWS: list[tuple[str, list[tuple[str, str]]]] = [
         [("single_100", "single_100"), ("get_many_100", "single_100"), ("in_bulk_100", "single_100")],
     ),
     (
-        "save() (issue 2, issue 4)",
+        "save() (issue 2, issue 4, issue 8)",
         [
             ("plain_save", "plain_save"),
             ("cached_save", "plain_save"),
@@ -44,6 +46,10 @@ ROWS: list[tuple[str, list[tuple[str, str]]]] = [
             ("plain_versioned_save", "plain_versioned_save"),
             ("wt_save", "plain_versioned_save"),
             ("naive_wt_save", "plain_versioned_save"),
+            ("plain_ledger_save", "plain_ledger_save"),
+            ("wt_decimal_save", "plain_ledger_save"),
+            ("plain_ledger_expression_save", "plain_ledger_expression_save"),
+            ("wt_expression_save", "plain_ledger_expression_save"),
         ],
     ),
     (
@@ -101,6 +107,11 @@ TARGETS = [
         at_least=True,
     ),
     Target(4, "write-through save() ≤ 1.6x plain save()", "wt_save", "plain_versioned_save", 1.6),
+    Target(7, "hit with canonical identity and distrust checks ≤ 1.5x raw GET", "hit", "raw_get", 1.5),
+    Target(7, "miss with canonical identity ≤ 1.9x uncached ORM get", "miss", "orm_get", 1.9),
+    Target(
+        8, "write-through save() of plain fields ≤ 1.6x plain save()", "wt_save", "plain_versioned_save", 1.6
+    ),
     Target(
         4,
         "read after a write-through save() is a hit at the hit cost (≤ 1.1x, 0 queries)",

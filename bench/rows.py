@@ -8,18 +8,22 @@ turns another variant's hit into a miss.
 
 from __future__ import annotations
 
+import decimal
 import time
 from collections.abc import Callable
 from typing import Any
 
 from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, connection, models, transaction
+from django.db.models import F
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
 
 from bench.data import ATOMIC_SAVE_PK, HIT_PK, MISS_PK, ROW_PKS, SAVE_PK
 from bench.harness import Variant
-from bench.models import Author, PlainAuthor, PlainProfile, Profile
+from bench.models import Author, Ledger, PlainAuthor, PlainLedger, PlainProfile, Profile
+from cachepatterns_app.identity import database_identity
+from cachepatterns_app.keys import model_label, row_keys
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import SCRIPTS
 
@@ -41,6 +45,27 @@ def wait_for_key(client: Any, key: str, timeout: float = 2.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"The fill of {key!r} never reached Redis.")
         time.sleep(0.0002)
+
+
+def _rounding_saver(obj: Any) -> Callable[[], None]:
+    """Return a save() of a Decimal with more places than the column keeps (read back)."""
+    step = iter(range(1, 10**9))
+
+    def save() -> None:
+        obj.amount = decimal.Decimal(f"{next(step)}.125")
+        obj.save()
+
+    return save
+
+
+def _expression_saver(obj: Any) -> Callable[[], None]:
+    """Return a save() that increments a column with an F() expression (read back)."""
+
+    def save() -> None:
+        obj.post_count = F("post_count") + 1
+        obj.save()
+
+    return save
 
 
 def _bumper(obj: Any) -> Callable[[], None]:
@@ -125,6 +150,11 @@ class RowBench:
         hit_key = self.hit_keys.value
         lease_key = self.hit_keys.lease
         sha = self.read_sha
+        label = model_label(Author)
+        canonical = self.rows.canonical_pk
+        decode = self.rows.decode
+        payload = self.payload
+        pk_attname = self.rows.pk_attname
         return [
             Variant("raw_get", "raw redis-py GET of the cached row's bytes", lambda: redis.get(hit_key)),
             Variant(
@@ -145,6 +175,16 @@ class RowBench:
                 lambda: Author.objects.get(pk=MISS_PK),
                 before=self._drop_miss_key,
                 after=self._wait_miss_fill,
+            ),
+            Variant(
+                "hit_identity",
+                "the hit's identity work alone: canonical pk + database token + key",
+                lambda: row_keys(label, database_identity(DEFAULT_DB_ALIAS), canonical(HIT_PK)),
+            ),
+            Variant(
+                "hit_decode",
+                "the hit's decode alone: payload to instance, with the type and pk checks",
+                lambda: decode(payload, DEFAULT_DB_ALIAS).__dict__[pk_attname] == HIT_PK,
             ),
             Variant(
                 "wt_read_after_write",
@@ -218,5 +258,25 @@ class RowBench:
             Variant("wt_save", "Profile save() with write-through put after commit", _bumper(wt)),
             Variant(
                 "naive_wt_save", "PlainProfile save() + django-redis cache.set(instance)", naive_write_through
+            ),
+            Variant(
+                "plain_ledger_save",
+                "PlainLedger save() of a Decimal the column rounds (no cache)",
+                _rounding_saver(PlainLedger.objects.get(pk=WT_SAVE_PK)),
+            ),
+            Variant(
+                "wt_decimal_save",
+                "Ledger save() of a Decimal the column rounds: write-through reads the row back",
+                _rounding_saver(models.QuerySet(Ledger).get(pk=WT_SAVE_PK)),
+            ),
+            Variant(
+                "plain_ledger_expression_save",
+                "PlainLedger save() with post_count = F() + 1 (no cache)",
+                _expression_saver(PlainLedger.objects.get(pk=NAIVE_PK)),
+            ),
+            Variant(
+                "wt_expression_save",
+                "Ledger save() with post_count = F() + 1: write-through reads the row back",
+                _expression_saver(models.QuerySet(Ledger).get(pk=NAIVE_PK)),
             ),
         ]
