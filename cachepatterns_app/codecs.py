@@ -204,6 +204,8 @@ class RowCodec:
             for i, f in enumerate(fields)
         ]
         self._not_null = [i for i, f in enumerate(fields) if not f.null]
+        #: The same sets in field order, for one C-level pass over a decoded row.
+        self._allowed = tuple(allowed for _, allowed in self._checks)
         layout = "|".join(f"{f.attname}:{f.get_internal_type()}" for f in fields)
         digest = hashlib.sha256(f"{CODEC_VERSION}|{self.label}|{layout}".encode()).hexdigest()
         self.fingerprint = digest[:10]
@@ -257,12 +259,12 @@ class RowCodec:
                 "it was written by other code and is discarded."
             )
         row = values[1:]
-        for index, allowed in self._checks:
-            if type(row[index]) not in allowed:
-                raise SerializationError(
-                    f"Cached {self.label}.{self.attnames[index]} holds a "
-                    f"{type(row[index]).__name__}, which this field never stores; discarded."
-                )
+        if not all(map(frozenset.__contains__, self._allowed, map(type, row))):
+            index = next(i for i, allowed in self._checks if type(row[i]) not in allowed)
+            raise SerializationError(
+                f"Cached {self.label}.{self.attnames[index]} holds a "
+                f"{type(row[index]).__name__}, which this field never stores; discarded."
+            )
         for index, decode in self._decoders:
             value = row[index]
             if value is not None:

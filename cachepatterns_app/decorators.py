@@ -131,11 +131,7 @@ class Target:
 
     def member(self, params: dict[str, Any]) -> str:
         """Return the formatted key (``NotCanonical`` if a mapped value cannot be keyed)."""
-        mapped = param_fields.fields_of(self.key.template)
-        if not mapped:
-            return self.key.format(params)
-        convert = {param: (lambda v, f=field: param_fields.exact(f, v)) for param, field in mapped.items()}
-        return self.key.format(params, convert)
+        return self.key.format(params, param_fields.converters(self.key.template))
 
     def slot(self, params: dict[str, Any], using: str | None = None) -> Slot:
         """Return the Redis home of the result for ``params`` (of database ``using``)."""

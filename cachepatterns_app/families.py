@@ -18,7 +18,7 @@ from typing import Any
 
 from cachepatterns_app import params as param_fields
 from cachepatterns_app.identity import database_identity
-from cachepatterns_app.keys import Convert, FamilyKeys, KeyTemplate, family_keys
+from cachepatterns_app.keys import FamilyKeys, KeyTemplate, family_keys
 
 __all__ = ["Command", "Family"]
 
@@ -39,11 +39,7 @@ class Family:
 
     def name(self, params: Mapping[str, Any], using: str) -> str:
         """Return the formatted family name (``NotCanonical`` if a value cannot be keyed)."""
-        mapped = param_fields.fields_of(self.label)
-        if not mapped:
-            return self.template.format(params)
-        convert: dict[str, Convert] = {param: _grouping(field, using) for param, field in mapped.items()}
-        return self.template.format(params, convert)
+        return self.template.format(params, param_fields.converters(self.label, using))
 
     def keys(self, params: Mapping[str, Any], using: str = "default") -> FamilyKeys:
         """Return the keys of the family named by ``params`` for database ``using``."""
@@ -55,10 +51,3 @@ class Family:
 
     def __repr__(self) -> str:
         return f"Family({self.label!r})"
-
-
-def _grouping(field: Any, using: str) -> Convert:
-    def convert(value: Any) -> Any:
-        return param_fields.grouped(field, value, using)
-
-    return convert

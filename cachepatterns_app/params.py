@@ -17,6 +17,7 @@ same key and family templates as a ``@cache_aside`` reader formats them the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.db.models import Field, Model
@@ -24,9 +25,10 @@ from django.db.models import Field, Model
 from cachepatterns_app.exceptions import ConfigurationError
 from cachepatterns_app.identity import canonical, fold, text_is_exact, value_field
 
-__all__ = ["exact", "field_of", "grouped", "register"]
+__all__ = ["converters", "exact", "field_of", "grouped", "register"]
 
 _fields: dict[str, dict[str, Field[Any, Any]]] = {}
+_converters: dict[tuple[str, str | None], dict[str, Callable[[Any], Any]]] = {}
 
 
 def register(template: str, param: str, field: Field[Any, Any], where: str) -> None:
@@ -41,6 +43,39 @@ def register(template: str, param: str, field: Field[Any, Any], where: str) -> N
             "Map it to fields of one type, or use a callable in depends_on."
         )
     known.setdefault(param, field)
+    _converters.clear()
+
+
+def converters(template: str, grouping_for: str | None = None) -> dict[str, Callable[[Any], Any]] | None:
+    """
+    Return ``{param: convert}`` for the mapped parameters of ``template`` (None if it
+    has none): :func:`exact` for a key, :func:`grouped` on database ``grouping_for``
+    for a family. Built once per template and database, not per call.
+    """
+    memo = (template, grouping_for)
+    known = _converters.get(memo)
+    if known is None:
+        fields = _fields.get(template, {})
+        known = {
+            param: (_exact_of(field) if grouping_for is None else _grouped_of(field, grouping_for))
+            for param, field in fields.items()
+        }
+        _converters[memo] = known
+    return known or None
+
+
+def _exact_of(field: Field[Any, Any]) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        return exact(field, value)
+
+    return convert
+
+
+def _grouped_of(field: Field[Any, Any], using: str) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        return grouped(field, value, using)
+
+    return convert
 
 
 def field_of(template: str, param: str) -> Field[Any, Any] | None:

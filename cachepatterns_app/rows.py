@@ -15,7 +15,7 @@ from django.db.models import Model
 
 from cachepatterns_app.registry import dependencies_of, descendants_of, own_dependencies_of, table_cache
 
-__all__ = ["dependency_fields", "old_rows", "resolve_pks", "spelling_is_trusted"]
+__all__ = ["dependency_fields", "has_dependants", "old_rows", "resolve_pks", "spelling_is_trusted"]
 
 
 def dependency_fields(model: type[Model]) -> set[str] | None:
@@ -37,7 +37,8 @@ def dependency_fields(model: type[Model]) -> set[str] | None:
     return names
 
 
-def _has_dependants(model: type[Model]) -> bool:
+def has_dependants(model: type[Model]) -> bool:
+    """Return whether families depend on rows of ``model`` (itself, its parents or descendants)."""
     return bool(dependencies_of(model)) or any(own_dependencies_of(c) for c in descendants_of(model))
 
 
@@ -49,7 +50,7 @@ def old_rows(queryset: models.QuerySet[Any]) -> list[Model]:
     can move them between this read and the write.
     """
     model = queryset.model
-    if not _has_dependants(model):
+    if not has_dependants(model):
         return []
     own: Any = queryset
     if own._fields is not None or queryset.query.select_related or queryset.query.deferred_loading[0]:

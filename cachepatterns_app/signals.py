@@ -23,7 +23,13 @@ from django.db.models import ManyToManyRel, Model, signals
 
 from cachepatterns_app.changes import DELETE, LINK, SAVE, UPDATE, RowChange
 from cachepatterns_app.registry import dependencies_of, watched_models
-from cachepatterns_app.rows import dependency_fields, old_rows, resolve_pks, spelling_is_trusted
+from cachepatterns_app.rows import (
+    dependency_fields,
+    has_dependants,
+    old_rows,
+    resolve_pks,
+    spelling_is_trusted,
+)
 from cachepatterns_app.writes import PARENT, SELF, affected_caches, fresh_rows, record
 
 __all__ = ["connect_all", "connect_model", "is_link_model", "link_models", "record_links"]
@@ -50,7 +56,7 @@ def _pre_save(
     if instance._state.adding and not spelling_is_trusted(sender, using):
         # Built by hand (not loaded): its primary key is the caller's spelling.
         instance.__dict__[_UNTRUSTED] = True
-    if instance._state.adding and instance.pk is None:
+    if (instance._state.adding and instance.pk is None) or not has_dependants(sender):
         return
     fields = dependency_fields(sender)
     if update_fields is not None and fields is not None and not set(update_fields) & _names(sender, fields):

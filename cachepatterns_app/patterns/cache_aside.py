@@ -49,6 +49,10 @@ logger = logging.getLogger(__name__)
 _json = JSONSerializer()
 
 
+def _custom_field(field: Field[Any, Any]) -> bool:
+    return type(field).__module__.split(".")[0] != "django"
+
+
 class RowCache:
     """Read model rows through Redis. Subclasses change how fills and writes store."""
 
@@ -105,7 +109,14 @@ class RowCache:
 
     def canonical_pk(self, pk: Any) -> Any:
         """Return ``pk`` as the database returns it; raise ``NotCanonical`` if unknowable."""
+        if type(pk) is int and self._integer_pk:
+            return pk  # the hit path's common case: already canonical
         return canonical(self.pk_field, pk)
+
+    @cached_property
+    def _integer_pk(self) -> bool:
+        field = value_field(self.pk_field)
+        return isinstance(field, models.IntegerField | models.AutoField) and not _custom_field(field)
 
     def pk_is_exact(self, using: str) -> bool:
         """Return whether database ``using`` compares this model's primary keys exactly."""

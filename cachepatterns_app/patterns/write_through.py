@@ -17,7 +17,9 @@ same reply. Elsewhere the row is read back: inside a transaction only its versio
 
 from __future__ import annotations
 
+import datetime
 import logging
+import uuid
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -222,9 +224,9 @@ class WriteThroughRowCache(RowCache):
         """
         changed: dict[str, Any] = {}
         data = instance.__dict__
-        for field, attname, kind in self._field_kinds:
+        for field, attname, kind, ready in self._field_kinds:
             value = data.get(attname)
-            if value is None:
+            if value is None or type(value) in ready:
                 continue
             if hasattr(value, "resolve_expression") or kind is None:
                 return None
@@ -246,8 +248,12 @@ class WriteThroughRowCache(RowCache):
         return clone
 
     @cached_property
-    def _field_kinds(self) -> list[tuple[Field[Any, Any], str, str | None]]:
-        return [(f, f.attname, _stored_kind(f)) for f in self.model._meta.concrete_fields]
+    def _field_kinds(self) -> list[tuple[Field[Any, Any], str, str | None, frozenset[type]]]:
+        return [
+            (f, f.attname, kind, _canonical_types(f) if kind == "plain" else frozenset())
+            for f in self.model._meta.concrete_fields
+            for kind in [_stored_kind(f)]
+        ]
 
     def ancestor_written(self, ancestor: type[Model], pks: Sequence[Any], using: str) -> Any:
         """
@@ -435,6 +441,30 @@ def _stored_kind(field: Field[Any, Any]) -> str | None:
     ):
         return "plain"
     return None
+
+
+def _canonical_types(field: Field[Any, Any]) -> frozenset[type]:
+    """Return the types a value of ``field`` already has when it is canonical (no conversion)."""
+    target = value_field(field)
+    if isinstance(target, models.DateTimeField):
+        return frozenset()  # time zone and precision need the conversion
+    for kinds, types in _READY:
+        if isinstance(target, kinds):
+            return types
+    return frozenset()
+
+
+_READY: list[tuple[Any, frozenset[type]]] = [
+    (models.BooleanField, frozenset({bool})),
+    (models.IntegerField | models.AutoField, frozenset({int})),
+    (models.FloatField, frozenset({float})),
+    (models.CharField | models.TextField, frozenset({str})),
+    (models.UUIDField, frozenset({uuid.UUID})),
+    (models.DurationField, frozenset({datetime.timedelta})),
+    (models.DateField, frozenset({datetime.date})),
+    (models.TimeField, frozenset({datetime.time})),
+    (models.BinaryField, frozenset({bytes})),
+]
 
 
 def _json_kept_as_text(connection: Any) -> bool:
