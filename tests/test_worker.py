@@ -35,11 +35,7 @@ def test_worker_reads_through_the_shared_cache(celery_worker, redis):
 
 
 def _wait_cached(redis, pk):
-    import time
-
     from cachepatterns_app.keys import row_keys
+    from tests.support import wait_until
 
-    deadline = time.monotonic() + 2
-    while not redis.exists(row_keys("testapp.author", pk).value):
-        assert time.monotonic() < deadline, "fill never landed"
-        time.sleep(0.005)
+    assert wait_until(lambda: redis.exists(row_keys("testapp.author", pk).value)), "fill never landed"
