@@ -19,4 +19,6 @@ class CachePatternsConfig(AppConfig):
 
         for check in cp_checks.ALL:
             checks.register(check, "cachepatterns")
+        for check in cp_checks.DATABASE:
+            checks.register(check, "cachepatterns", checks.Tags.database)
         connect_all()

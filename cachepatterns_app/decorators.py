@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 
-from cachepatterns_app import stats
+from cachepatterns_app import catalog, stats, validation
 from cachepatterns_app.arguments import KeyTarget, Signature, default_key, dependency_params
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import (
@@ -124,6 +124,7 @@ class CachedFunction:
         for model, spec in (depends_on or {}).items():
             params, fields = dependency_params(fn, model, spec, depends_target)
             register_dependency(Dependency(model, depends_target, params, fields))
+        catalog.declare(self, ttl, family, depends_on)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         params = self.signature.params(args, kwargs)
@@ -229,6 +230,7 @@ def cache_aside(
     The decorated function gains ``.invalidate(using=None, **params)``,
     ``.key(**params)`` and ``.cached`` (the state object).
     """
+    validation.check_decorator(key, ttl, "cache_aside")
 
     def decorate(fn: F) -> F:
         cached = CachedFunction(fn, key, ttl, family, depends_on)
@@ -265,6 +267,7 @@ def write_through(
     replaces a newer version; otherwise concurrent writers are not ordered (last to
     reach Redis wins).
     """
+    validation.check_decorator(key, ttl, "write_through")
 
     def decorate(fn: F) -> F:
         target = Target(fn, key, family, ttl)

@@ -29,6 +29,7 @@ from cachepatterns_app.leases import UNSET
 from cachepatterns_app.patterns.cache_aside import RowCache
 from cachepatterns_app.registry import dependencies_of, has_own_row_cache, register_row_cache, row_cache_for
 from cachepatterns_app.signals import connect_model, old_rows, rows_changed
+from cachepatterns_app.validation import validate_ttl
 
 __all__ = [
     "CacheAsideManager",
@@ -295,7 +296,7 @@ class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ign
                 "cachepatterns; leave it out (rows are then refreshed on their first miss)."
             )
         super().__init__()
-        self.ttl = ttl
+        self.ttl = validate_ttl(ttl, f"{type(self).__name__}(ttl=...)")
         self._constructor_args = ((), self._options())
 
     def _options(self) -> dict[str, Any]:
