@@ -42,6 +42,7 @@ __all__ = [
     "Worker",
     "cachepatterns",
     "keys_of",
+    "readme_block",
     "settle",
     "traffic_to",
     "wait_until",
@@ -57,6 +58,18 @@ OBSERVER = "cp-test-observer"
 
 SQLITE = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
 MYSQL = settings.DATABASES["default"]["ENGINE"].endswith("mysql")
+
+
+def readme_block(first_line: str) -> str:
+    """Return the README's fenced Python block whose first line is ``first_line``."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    found = [block for block in blocks if block.startswith(first_line + "\n")]
+    assert len(found) == 1, f"README.md has {len(found)} python blocks starting {first_line!r}"
+    return str(found[0])
 
 
 def cachepatterns(**overrides: Any) -> override_settings:

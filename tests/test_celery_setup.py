@@ -30,20 +30,11 @@ from django.db import connection
 from cachepatterns_app import pending
 from cachepatterns_app.models import PendingInvalidation
 from demo_project.embedded import celery_url
-from tests.support import PATIENCE, wait_until
+from tests.support import PATIENCE, readme_block, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
-
-
-def readme_block(first_line: str) -> str:
-    """Return the README's fenced Python block whose first line is ``first_line``."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
-    found = [block for block in blocks if block.startswith(first_line + "\n")]
-    assert len(found) == 1, f"README.md has {len(found)} python blocks starting {first_line!r}"
-    return found[0]
 
 
 def write_project(tmp_path: Path, beat_schedule: dict[str, Any] | None) -> Path:
