@@ -60,8 +60,9 @@ def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage
                 )
     for model in row_caches():
         for manager in model._meta.managers:
-            problem = ttl_problem(getattr(manager, "ttl", None))
-            if isinstance(manager, CacheAsideManager) and problem is not None:
+            # Validated at construction; this catches a ttl assigned later.
+            problem = ttl_problem(manager.ttl) if isinstance(manager, CacheAsideManager) else None
+            if problem is not None:
                 out.append(
                     Error(
                         f"{model._meta.label}.{manager.name}: {type(manager).__name__}'s ttl {problem}.",
