@@ -16,6 +16,7 @@ from django.test.utils import isolate_apps
 from cachepatterns_app import CacheAsideManager, WriteThroughManager, cache_aside, write_through
 from cachepatterns_app.exceptions import ConfigurationError
 from cachepatterns_app.validation import MAX_TTL, ttl_problem, validate_ttl
+from tests.support import settle
 
 BAD_TTLS = [-1, 0, 0.0, "60", " 60 ", True, False, math.nan, math.inf, -math.inf, [60], MAX_TTL + 1]
 GOOD_TTLS = [None, 1, 0.5, 3600, 86400 * 365, MAX_TTL]
@@ -94,14 +95,22 @@ def test_a_key_that_is_not_a_template_string_is_refused(key: Any) -> None:
         cache_aside(key=key)
 
 
-def test_the_parenthesised_decorators_still_work() -> None:
-    @cache_aside(ttl=None)
+@pytest.mark.django_db(transaction=True)
+def test_the_parenthesised_decorators_still_work(counts: Any) -> None:
+    calls: list[int] = []
+
+    @cache_aside(key="validation:{x}", ttl=None)
     def plain(x: int) -> int:
-        return x
+        calls.append(x)
+        return x * 2
 
-    @write_through(key="v:{x}", ttl=0.5)
+    @write_through(key="validation:{x}", ttl=0.5)
     def writer(x: int) -> int:
-        return x
+        return x * 3
 
-    assert callable(plain)
-    assert callable(writer)
+    assert plain(3) == 6
+    assert writer(4) == 12
+    settle()
+    assert plain(3) == 6
+    assert calls == [3]  # the second call was a hit
+    assert counts("validation:{x}")["hit"] == 1

@@ -1,7 +1,7 @@
 """
 Checks that query the databases, registered with Django's ``database`` tag: they
 run under ``manage.py check --database <alias>``, ``migrate`` and the test runner,
-not before every command.
+not before every command (Django 6 also runs them for ``check --tag cachepatterns``).
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def check_migrated(*, databases: Any = None, **kwargs: Any) -> list[CheckMessage
                     f"Database {alias!r} has no table {table!r}: cachepatterns cannot record "
                     "invalidations that fail to reach Redis there, so after an outage stale rows "
                     "would be served once the process that failed exits.",
-                    hint=f"Run `manage.py migrate cachepatterns_app --database {alias}` "
-                    "(or just `manage.py migrate`).",
+                    hint=f"Run `manage.py migrate cachepatterns_app --database {alias}` (or just "
+                    "`manage.py migrate`; when migrate itself prints this, it is about to create it).",
                     id="cachepatterns.W007",
                 )
             )
