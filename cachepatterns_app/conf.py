@@ -4,20 +4,28 @@ Read the ``CACHEPATTERNS`` settings dict, merged over the defaults.
 Everything in the app reads settings through :func:`get_settings`, so tests that
 use ``override_settings(CACHEPATTERNS=...)`` see their values at once: the
 cached copy is dropped on Django's ``setting_changed`` signal.
+
+Computing them is also the app's "first use": if ``cachepatterns_app`` is missing
+from ``INSTALLED_APPS`` the managers and decorators still work, but its checks,
+its migration and its commands silently do not, so that is said loudly, once.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 __all__ = ["DEFAULTS", "Settings", "get_settings"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
     "CACHE_ALIAS": "default",
@@ -89,7 +97,27 @@ def merge(user: dict[str, Any]) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Return the effective settings (cached until a setting changes)."""
+    _warn_if_not_installed()
     return Settings(merge(user_settings()))
+
+
+_warned_not_installed = False
+
+
+def _warn_if_not_installed() -> None:
+    global _warned_not_installed
+    # Before the app registry is ready INSTALLED_APPS cannot be asked; a later
+    # computation (the cache is dropped on every setting change) still can.
+    if _warned_not_installed or not apps.apps_ready or apps.is_installed("cachepatterns_app"):
+        return
+    _warned_not_installed = True
+    logger.warning(
+        "cachepatterns is used but 'cachepatterns_app' is not in INSTALLED_APPS. Caching "
+        "works, but none of its system checks run (a bad CACHEPATTERNS setting goes "
+        "unreported), its table for invalidations that failed during a Redis outage does "
+        "not exist, and its management commands are missing. Add 'cachepatterns_app' to "
+        "INSTALLED_APPS and run `manage.py migrate`."
+    )
 
 
 @receiver(setting_changed)

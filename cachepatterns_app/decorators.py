@@ -25,8 +25,8 @@ from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.models import Model
 
+from cachepatterns_app import catalog, stats, validation
 from cachepatterns_app import params as param_fields
-from cachepatterns_app import stats
 from cachepatterns_app.arguments import Signature, default_key, dependency_params
 from cachepatterns_app.batch import BumpWatch, after_commit, has_pending_writes, watch_bumps
 from cachepatterns_app.conf import get_settings
@@ -178,6 +178,7 @@ class CachedFunction:
             # Imported after the app registry was ready (a module imported lazily):
             # the link models of the new dependencies still need the app's manager.
             adopt_link_models()
+        catalog.declare(self, ttl, family, depends_on)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         params = self.signature.params(args, kwargs)
@@ -300,6 +301,7 @@ def cache_aside(
     invalidate them. The decorated function gains ``.invalidate(using=None, **params)``,
     ``.key(**params)`` and ``.cached`` (the state object).
     """
+    validation.check_decorator(key, ttl, "cache_aside")
 
     def decorate(fn: F) -> F:
         cached = CachedFunction(fn, key, ttl, family, depends_on, using)
@@ -336,6 +338,7 @@ def write_through(
     replaces a newer version; otherwise concurrent writers are not ordered (last to
     reach Redis wins).
     """
+    validation.check_decorator(key, ttl, "write_through")
 
     def decorate(fn: F) -> F:
         target = Target(fn, key, family, ttl, using)

@@ -36,6 +36,7 @@ from cachepatterns_app.registry import (
 )
 from cachepatterns_app.rows import dependency_fields, old_rows, resolve_pks
 from cachepatterns_app.signals import connect_model, is_link_model, link_models, record_links
+from cachepatterns_app.validation import validate_ttl
 from cachepatterns_app.writes import fresh_rows, record, watched
 
 __all__ = [
@@ -397,7 +398,7 @@ class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ign
                 "cachepatterns; leave it out (rows are then refreshed on their first miss)."
             )
         super().__init__()
-        self.ttl = ttl
+        self.ttl = validate_ttl(ttl, f"{type(self).__name__}(ttl=...)")
         self._constructor_args = ((), self._options())
 
     def _options(self) -> dict[str, Any]:

@@ -5,11 +5,20 @@ Counting must not cost a round trip on the hit path, so each process keeps its
 counters in memory and ships the increments to one Redis hash at most once a
 second, piggy-backed on ``CLIENT REPLY SKIP`` (no reply is awaited). The admin
 page and ``cachepatterns_stats`` read that hash, which sums every process.
+
+A process can end before its next shipment: a ``manage.py`` command, a
+``shell -c``, a script, a Celery pool process. So what is pending is also shipped
+when the interpreter exits (``atexit``), when a Celery task ends and when a pool
+process shuts down (``cachepatterns_app.celery.connect_signals``). None of these
+adds anything to the hit path. A forked child starts with no counts of its own:
+what its parent counted before the fork is the parent's to ship.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -17,7 +26,7 @@ from typing import Any
 
 from cachepatterns_app.conf import get_settings
 
-__all__ = ["EVENTS", "flush", "local_counts", "record", "snapshot"]
+__all__ = ["EVENTS", "flush", "local_counts", "record", "reset", "ship_at_exit", "snapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +119,34 @@ def snapshot() -> dict[str, dict[str, int]]:
         label, _, event = text.rpartition("|")
         out.setdefault(label, {})[event] = int(value)
     return out
+
+
+def ship_at_exit() -> None:
+    """
+    Send what is pending, waiting for Redis's reply; never raise. Registered with
+    ``atexit`` and called when a Celery pool process shuts down.
+    """
+    if not _pending:
+        return
+    try:
+        flush(wait=True)
+    except Exception as e:  # noqa: BLE001 - the process is ending: a traceback would help nobody
+        logger.warning("Statistics not sent at exit: %s", e)
+
+
+def _forget_parents_counts() -> None:
+    # The child inherits a copy of the counters (and maybe a lock held by another
+    # thread of the parent): its own counts start from zero under a fresh lock, or
+    # both processes would ship the parent's increments.
+    global _lock, _last_flush
+    _lock = threading.Lock()
+    _pending.clear()
+    _local.clear()
+    _last_flush = time.monotonic()
+
+
+atexit.register(ship_at_exit)
+os.register_at_fork(after_in_child=_forget_parents_counts)
 
 
 def reset() -> None:

@@ -11,10 +11,15 @@ import logging
 from celery import shared_task
 
 from cachepatterns_app import invalidation
+from cachepatterns_app.celery import connect_signals
 
 __all__ = ["retry_invalidations"]
 
 logger = logging.getLogger(__name__)
+
+# Celery imports this module (autodiscover_tasks) in every worker, whatever the
+# order in which Django and Celery were set up: ship statistics at task ends there.
+connect_signals()
 
 
 @shared_task(name="cachepatterns.retry_invalidations")

@@ -3,8 +3,10 @@ Settings for the test suite.
 
 The database comes from ``DATABASE_URL`` (default: a SQLite file, so the suite
 runs on a machine that has only Python); Redis from ``REDIS_URL`` (default: the
-local server if it answers, else the embedded one), using database 15, in
-which the suite deletes the keys under its KEY_PREFIX before every test.
+local server if it answers, else the embedded one, using database 15). Before
+every test the suite deletes the keys under ``KEY_PREFIX`` (``cpt``) — never the
+whole database, whose Celery queues must survive — so point ``REDIS_URL`` at a
+database nothing else uses (never database 0, the demo's).
 """
 
 from __future__ import annotations

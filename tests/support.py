@@ -1,7 +1,14 @@
 """
 Helpers for the concurrency and fault tests: threads with their own database
-connection, SELECT counting, waiting for fire-and-forget fills, and a private
-``redis-server`` that a test may pause (SIGSTOP) or kill.
+connection, SELECT counting, waiting for fire-and-forget fills, a private
+``redis-server`` that a test may pause (SIGSTOP) or kill, and a count of what the
+app sent to it.
+
+No test may depend on how fast the machine is. "Fast" is proven causally — no
+command was written to Redis, no reply was awaited, no connection was opened
+(:func:`traffic_to`), the breaker's state — and waiting loops use deadlines far
+beyond what an idle machine needs (:data:`PATIENCE`), so a busy machine only makes
+them slower, never wrong.
 """
 
 from __future__ import annotations
@@ -30,21 +37,45 @@ from cachepatterns_app.keys import FamilyKeys, PlainKeys, RowKeys, model_label
 from cachepatterns_app.store import get_store
 
 __all__ = [
+    "PATIENCE",
     "PrivateRedis",
     "SelectCounter",
+    "Traffic",
     "Worker",
     "cachepatterns",
     "family_keys",
     "keys_of",
     "plain_keys",
+    "readme_block",
     "row_keys",
     "settle",
+    "traffic_to",
     "unique_key",
     "wait_until",
 ]
 
+#: How long a polling loop waits for something that happens at once on an idle
+#: machine: a deadline for giving up, never a measure of speed.
+PATIENCE = 30.0
+
+#: The client name of a :class:`PrivateRedis`'s own observer client: its traffic is
+#: the test's, not the app's, so :func:`traffic_to` leaves it out.
+OBSERVER = "cp-test-observer"
+
 SQLITE = settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
 MYSQL = settings.DATABASES["default"]["ENGINE"].endswith("mysql")
+
+
+def readme_block(first_line: str) -> str:
+    """Return the README's fenced Python block whose first line is ``first_line``."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    found = [block for block in blocks if block.startswith(first_line + "\n")]
+    assert len(found) == 1, f"README.md has {len(found)} python blocks starting {first_line!r}"
+    return str(found[0])
 
 
 def cachepatterns(**overrides: Any) -> override_settings:
@@ -77,7 +108,7 @@ def family_keys(family: str, using: str = "default") -> FamilyKeys:
     return _keys.family_keys(database_identity(using), family)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 1.0, interval: float = 0.005) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = PATIENCE, interval: float = 0.005) -> Any:
     """Poll ``predicate`` until it is truthy (return it) or ``timeout`` passes (return it anyway)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -185,8 +216,10 @@ class PrivateRedis:
         )
         self.paused = False
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis_py.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-        deadline = time.monotonic() + 10
+        self.client = redis_py.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=PATIENCE, client_name=OBSERVER
+        )
+        deadline = time.monotonic() + PATIENCE
         while True:
             with contextlib.suppress(redis_py.ConnectionError):
                 if self.client.ping():
@@ -229,6 +262,74 @@ class PrivateRedis:
         self.process.wait(10)
         self.client.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Traffic:
+    """What the app did towards one Redis server while :func:`traffic_to` counted."""
+
+    def __init__(self) -> None:
+        self.connects = 0  # sockets opened
+        self.sends = 0  # writes of one or more commands
+        self.replies = 0  # replies awaited (each can block up to the socket timeout)
+        self._lock = threading.Lock()
+
+    def add(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    @property
+    def silent(self) -> bool:
+        """Return whether nothing at all reached (or was awaited from) the server."""
+        return self.connects == self.sends == self.replies == 0
+
+    def __repr__(self) -> str:
+        return f"Traffic(connects={self.connects}, sends={self.sends}, replies={self.replies})"
+
+
+@contextlib.contextmanager
+def traffic_to(port: int) -> Iterator[Traffic]:
+    """
+    Count the connections, writes and awaited replies of every redis-py connection
+    to 127.0.0.1:``port`` in this process (all threads), except the observer client
+    of a :class:`PrivateRedis`.
+
+    A call that waits on a hung Redis can only do so in a connect or an awaited
+    reply, each bounded by the socket timeout; so ``silent`` proves a call did not
+    wait for Redis at all, and ``replies == 1`` that it paid the timeout once —
+    however slow the machine.
+    """
+    from redis import connection as redis_connection
+
+    traffic = Traffic()
+    base = redis_connection.AbstractConnection
+    tcp = redis_connection.Connection
+    originals = (base.send_packed_command, base.read_response, tcp._connect)
+
+    def counted(conn: Any) -> bool:
+        return getattr(conn, "port", None) == port and getattr(conn, "client_name", None) != OBSERVER
+
+    def send_packed_command(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        if counted(conn):
+            traffic.add("sends")
+        return originals[0](conn, *args, **kwargs)
+
+    def read_response(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        if counted(conn):
+            traffic.add("replies")
+        return originals[1](conn, *args, **kwargs)
+
+    def connect(conn: Any, *args: Any, **kwargs: Any) -> Any:
+        if counted(conn):
+            traffic.add("connects")
+        return originals[2](conn, *args, **kwargs)
+
+    base.send_packed_command = send_packed_command  # type: ignore[method-assign]
+    base.read_response = read_response  # type: ignore[method-assign]
+    tcp._connect = connect  # type: ignore[method-assign]
+    try:
+        yield traffic
+    finally:
+        base.send_packed_command, base.read_response, tcp._connect = originals  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager

@@ -86,3 +86,37 @@ def test_invalidate_says_when_redis_was_down():
     }
     with override_settings(CACHES=down), pytest.raises(CommandError, match="recorded"):
         call_command("cachepatterns_invalidate", "testapp.Author", str(ada.pk), stdout=StringIO())
+
+
+def run_with_stderr(*args: str) -> tuple[str, str]:
+    out, err = StringIO(), StringIO()
+    call_command(*args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_invalidate_a_known_family_warns_about_nothing():
+    out, err = run_with_stderr("cachepatterns_invalidate", "--family", "cmd:{author_id}:f", "author_id=1")
+    assert "Invalidated family 'cmd:{author_id}:f'" in out
+    assert err == ""
+
+
+def test_invalidate_a_family_nothing_uses_warns_and_suggests_the_close_one(redis):
+    out, err = run_with_stderr("cachepatterns_invalidate", "--family", "cmd:{author_id}:ff", "author_id=1")
+    # Still done (the function may live in a module this process does not import)...
+    assert "Invalidated family 'cmd:{author_id}:ff'" in out
+    # ... but not passed off as a success.
+    assert "no @cache_aside function declared in this process uses the family 'cmd:{author_id}:ff'" in err
+    assert "Did you mean 'cmd:{author_id}:f'?" in err
+    assert "'author:{author_id}:posts'" in err  # the demo's family, imported by its ready()
+
+
+def test_invalidate_a_family_with_a_parameter_it_does_not_use_warns(django_assert_num_queries):
+    ada = Author.objects.create(name="Ada", email="ada@example.com")
+    titles(ada.pk)
+    settle()
+    _, err = run_with_stderr(
+        "cachepatterns_invalidate", "--family", "cmd:{author_id}:f", f"author_id={ada.pk}", "page=2"
+    )
+    assert "does not use page; its parameters are author_id" in err
+    with django_assert_num_queries(1):
+        titles(ada.pk)  # invalidated all the same

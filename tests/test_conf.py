@@ -136,3 +136,85 @@ def test_circuit_breaker_settings_reach_the_store(settings: Any) -> None:
     breaker = store.get_store().breaker
     assert breaker.threshold == 4
     assert breaker.cooldown == DEFAULTS["CIRCUIT_BREAKER"]["COOLDOWN"]
+
+
+# -- first use without the app in INSTALLED_APPS (a process of its own) ----------------
+
+NOT_INSTALLED_SCRIPT = """
+import sys
+import django
+from django.conf import settings
+
+apps = ["django.contrib.contenttypes", "django.contrib.auth", "tests.testapp"]
+if sys.argv[1] == "installed":
+    apps.append("cachepatterns_app")
+settings.configure(
+    INSTALLED_APPS=apps,
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    CACHES={"default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": sys.argv[2],
+        "OPTIONS": {"SOCKET_TIMEOUT": 5, "SOCKET_CONNECT_TIMEOUT": 5},
+    }},
+    CACHEPATTERNS={"KEY_PREFIX": "cpt"},
+    USE_TZ=True,
+)
+django.setup()
+from django.core.management import call_command
+
+call_command("migrate", verbosity=0)
+from tests.testapp.models import Author
+
+ada = Author.objects.create(name="Ada", email="ada@example.com")
+names = [Author.objects.get(pk=ada.pk).name for _ in range(3)]
+ada.name = "Countess"
+ada.save()
+print(names, Author.objects.get(pk=ada.pk).name)
+"""
+
+
+def _first_use(installed: bool, redis_url: str | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NOT_INSTALLED_SCRIPT,
+            "installed" if installed else "missing",
+            redis_url or str(django_settings.CACHES["default"]["LOCATION"]),
+        ],
+        cwd=Path(__file__).resolve().parent.parent,
+        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_first_use_without_the_app_installed_warns_once_and_still_caches() -> None:
+    result = _first_use(installed=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['Ada', 'Ada', 'Ada'] Countess"  # the managers work
+    assert result.stderr.count("'cachepatterns_app' is not in INSTALLED_APPS") == 1, result.stderr
+    assert "Add 'cachepatterns_app' to INSTALLED_APPS" in result.stderr
+
+
+def test_first_use_with_the_app_installed_says_nothing() -> None:
+    result = _first_use(installed=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['Ada', 'Ada', 'Ada'] Countess"
+    assert "INSTALLED_APPS" not in result.stderr
+
+
+def test_without_the_app_an_outage_still_lets_writes_commit() -> None:
+    # Nowhere to record the failed invalidation durably: said, never raised.
+    result = _first_use(installed=False, redis_url="redis://127.0.0.1:1/0")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['Ada', 'Ada', 'Ada'] Countess"
+    assert "Could not record 1 failed invalidation(s): 'cachepatterns_app' is not in" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -14,7 +14,6 @@ import copy
 import datetime
 import json
 import threading
-import time
 from collections import Counter
 from typing import Any
 
@@ -25,7 +24,8 @@ from django.test.utils import CaptureQueriesContext
 from cachepatterns_app import cache_aside
 from cachepatterns_app.exceptions import ConfigurationError
 from cachepatterns_app.identity import database_identity
-from tests.support import Worker, family_keys, plain_keys, settle
+from cachepatterns_app.stats import local_counts
+from tests.support import Worker, family_keys, plain_keys, settle, wait_until
 from tests.testapp.models import Author, Post, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -726,12 +726,19 @@ _flight_lock = threading.Lock()
 _flight_executions = 0
 
 
+def waits(label: str) -> int:
+    """Return how many callers of ``label`` have waited for another's fill so far."""
+    return sum(n for field, n in local_counts().items() if field == f"{label}|wait")
+
+
 @cache_aside(key="dec:flight:{author_id}:page:{page}", ttl=300, family="dec:flight:{author_id}")
 def slow_page(author_id: int, page: int = 1) -> Any:
     global _flight_executions
     with _flight_lock:
         _flight_executions += 1
-    time.sleep(0.2)  # a slow query: every other caller arrives while it runs
+    # A slow query: it ends only once another caller is waiting for it, so the test
+    # sees single flight at work however the threads are scheduled.
+    assert wait_until(lambda: waits("dec:flight:{author_id}:page:{page}") >= 1), "no caller waited"
     return Post.objects.filter(author_id=author_id).select_related("author")[(page - 1) * 3 : page * 3]
 
 
@@ -770,13 +777,14 @@ def fails_first(author_id: int) -> int:
     with _failing_lock:
         _failing_runs.append(threading.current_thread().name)
         first = len(_failing_runs) == 1
-    time.sleep(0.1)
     if first:
+        # Fail only once the others wait for this loader: they must get the lease next.
+        assert wait_until(lambda: waits("dec:failing:{author_id}") >= 4), "the others never waited"
         raise RuntimeError("loader failed")
     return Post.objects.filter(author_id=author_id).count()
 
 
-def test_a_failing_loader_hands_the_lease_on(blog):
+def test_a_failing_loader_hands_the_lease_on(blog, counts):
     _failing_runs.clear()
     ada = blog["ada"]
     barrier = threading.Barrier(5)
@@ -788,14 +796,14 @@ def test_a_failing_loader_hands_the_lease_on(blog):
         except RuntimeError as e:
             return e
 
-    started = time.monotonic()
     workers = [Worker(read, name=f"reader-{i}") for i in range(5)]
     for worker in workers:
         worker.start()
     results = [worker.result(timeout=30) for worker in workers]
-    # The loader's caller sees its error; the others get the value from the next loader,
-    # well before LOCK_TIMEOUT (10 s) would have freed the lease.
+    # The loader's caller sees its error; the others get the value from the next loader.
     assert sum(isinstance(r, RuntimeError) for r in results) == 1
     assert [r for r in results if not isinstance(r, RuntimeError)] == [7] * 4
-    assert time.monotonic() - started < 5
+    # Handed on, not timed out: one more loader ran (waiters that had reached
+    # LOCK_TIMEOUT, 10 s, would each have computed the value themselves, as "bypass").
     assert len(_failing_runs) == 2
+    assert counts("dec:failing:{author_id}").get("bypass", 0) == 0

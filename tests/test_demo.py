@@ -10,6 +10,7 @@ file and the suite's Redis. The view tests need the blog app in the test setting
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -22,14 +23,18 @@ from django.apps import apps
 from django.conf import settings
 from django.test import Client
 
+from tests.support import MYSQL
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_demo(tmp_path: Path, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_demo(
+    tmp_path: Path, redis_url: str | None = None, database_url: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env: dict[str, str] = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "demo_project.settings",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+        "DATABASE_URL": database_url or f"sqlite:///{tmp_path / 'demo.sqlite3'}",
         # The suite's Redis (REDIS_URL if set, else the one the test settings found).
         "REDIS_URL": redis_url or str(settings.CACHES["default"]["LOCATION"]),
         "PYTHONUNBUFFERED": "1",
@@ -46,6 +51,7 @@ def run_demo(tmp_path: Path, redis_url: str | None = None) -> subprocess.Complet
 
 
 def test_demo_command_tells_the_scenario_twice_in_a_row(tmp_path: Path) -> None:
+    stories = []
     for run in (1, 2):
         result = run_demo(tmp_path)
         out = result.stdout
@@ -61,13 +67,67 @@ def test_demo_command_tells_the_scenario_twice_in_a_row(tmp_path: Path) -> None:
         assert "cached=True, invalidations=0" in out  # before COMMIT
         assert "cached=False, invalidations=1" in out  # after COMMIT
         step5 = out.split("5. Pages of posts")[1].split("6. Write-through")[0]
+        # Right after renaming her, the story calls her by her new name.
+        assert "Ada King, Countess of Lovelace: pages 1, 2, 3" in step5
+        assert "Ada Lovelace" not in step5
         assert len(re.findall(r"got:\s+miss, 1 SQL query", step5)) == 7  # 3 + 1 cold, 3 after the new post
         assert len(re.findall(r"got:\s+hit, 0 SQL queries", step5)) == 4  # 3 warm + the other author
         assert "still a hit, 0 SQL queries" in step5
         step6 = out.split("6. Write-through")[1].split("7. Statistics")[0]
         assert "puts before commit=0, after=1" in step6
-        assert re.search(r"got:\s+hit, 0 SQL queries, [\d.]+ ms -> '.*\(edited by the demo, v\d+\)'", step6)
+        assert re.search(r"got:\s+hit, 0 SQL queries, [\d.]+ ms -> '.*\(edited by the demo\)'", step6)
         assert "blog.author" in out.split("7. Statistics")[1]
+        step8 = out.split("8. Put the seed data back")[1]
+        assert "name 'Ada Lovelace' and headline 'Analyst of the Analytical Engine' restored" in step8
+        assert "1 demo post(s) deleted" in step8
+        stories.append(_story(out))
+    # The second run tells exactly the first one's story: nothing grows from run to run.
+    assert stories[0] == stories[1]
+    _assert_seed_state(tmp_path / "demo.sqlite3")
+
+
+def _story(out: str) -> str:
+    """Return the demo's output without what differs between runs (timings, the setup)."""
+    story = out.split("1. First read")[1]
+    story = re.sub(r"[\d.]+ ms", "N ms", story)
+    story = re.sub(r"written at \d\d:\d\d:\d\d", "written at T", story)
+    story = re.sub(r"post #\d+ '", "post #N '", story)
+    return re.sub(r"version \d+", "version N", story)
+
+
+def _assert_seed_state(path: Path) -> None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        name = db.execute("SELECT name FROM blog_author WHERE slug = 'ada-lovelace'").fetchone()[0]
+        headline = db.execute(
+            "SELECT headline FROM blog_profile JOIN blog_author ON blog_author.id = author_id "
+            "WHERE slug = 'ada-lovelace'"
+        ).fetchone()[0]
+        demo_posts = db.execute("SELECT COUNT(*) FROM blog_post WHERE title LIKE '[demo] %'").fetchone()[0]
+    assert (name, headline, demo_posts) == ("Ada Lovelace", "Analyst of the Analytical Engine", 0)
+
+
+def test_demo_command_says_what_to_create_when_the_database_is_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-directory" / "demo.sqlite3"
+    result = run_demo(tmp_path, database_url=f"sqlite:///{missing}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"its directory {missing.parent} does not exist. Create the directory" in result.stderr
+
+
+@pytest.mark.skipif(not MYSQL, reason="the MySQL/MariaDB advice needs the suite to run on MySQL/MariaDB")
+def test_demo_command_says_how_to_create_a_missing_mysql_database(tmp_path: Path) -> None:
+    config = settings.DATABASES["default"]
+    user = config.get("USER") or "root"
+    password = f":{config['PASSWORD']}" if config.get("PASSWORD") else ""
+    host, port = config.get("HOST") or "127.0.0.1", config.get("PORT") or 3306
+    name = f"cp_missing_{os.getpid()}"
+    result = run_demo(tmp_path, database_url=f"mysql://{user}{password}@{host}:{port}/{name}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert f"The MySQL/MariaDB database '{name}' does not exist" in result.stderr
+    assert f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4" in result.stderr
 
 
 def test_demo_command_fails_loudly_without_redis(tmp_path: Path) -> None:
@@ -163,3 +223,49 @@ class TestViews:
         response = client.get("/stats/")
         assert response.status_code == 200
         assert "blog.author" in response.content.decode()
+
+    def test_stats_page_fits_a_laptop_screen(self, blog: Any, client: Client) -> None:
+        from cachepatterns_app import stats
+
+        client.get(f"/authors/{blog.ada.pk}/")
+        client.get(f"/authors/{blog.ada.pk}/")
+        stats.record("degraded", "blog.author", 2)
+        html = client.get("/stats/").content.decode()
+        headers = re.findall(r"<th[^>]*>(.*?)</th>", html)
+        # Nine columns, not fourteen; the hit ratio comes right after hits and misses.
+        assert headers == [
+            "model / key",
+            "hits",
+            "misses",
+            "hit ratio",
+            "fills",
+            "waits",
+            "invalidations",
+            "puts",
+            "other",
+        ]
+        # Rare events are listed where they happened, with what they mean on hover.
+        assert 'title="read served from the database because Redis was unavailable">degraded 2</span>' in html
+        # The page is laid out wide (72rem = 1152 px), the table scrolls inside it.
+        assert '<body class="wide">' in html
+        assert '<div class="scroll">\n<table class="stats">' in html
+        assert "body.wide { max-width: 72rem; }" in html
+
+
+def test_the_demo_says_that_the_embedded_redis_keeps_running() -> None:
+    from django.test import override_settings
+
+    from demo_project.blog.preflight import embedded_redis_note
+    from demo_project.embedded import embedded_dir
+
+    embedded = {
+        "default": {**settings.CACHES["default"], "LOCATION": f"unix://{embedded_dir()}/redis.sock?db=0"}
+    }
+    with override_settings(CACHES=embedded):
+        note = embedded_redis_note()
+    assert note is not None
+    assert "keeps running" in note
+    assert "make stop-embedded" in note
+    tcp = {"default": {**settings.CACHES["default"], "LOCATION": "redis://127.0.0.1:6379/0"}}
+    with override_settings(CACHES=tcp):
+        assert embedded_redis_note() is None

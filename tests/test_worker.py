@@ -36,11 +36,6 @@ def test_worker_reads_through_the_shared_cache(celery_worker, redis):
 
 
 def _wait_cached(redis, pk):
-    import time
+    from tests.support import row_keys, wait_until
 
-    from tests.support import row_keys
-
-    deadline = time.monotonic() + 2
-    while not redis.exists(row_keys("testapp.author", pk).value):
-        assert time.monotonic() < deadline, "fill never landed"
-        time.sleep(0.005)
+    assert wait_until(lambda: redis.exists(row_keys("testapp.author", pk).value)), "fill never landed"

@@ -1,7 +1,8 @@
 """
 The demo's data: three authors with profiles and 25 posts each, created when
-missing, and the reset that undoes what earlier ``cachepatterns_demo`` runs
-changed so that every run tells the same story.
+missing; the restore at the end of ``cachepatterns_demo`` that puts back what the
+story changed; and the reset at its start, for a run that was interrupted before
+its restore. Together they make every run tell the same story.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from cachepatterns_app.identity import database_identity
 from cachepatterns_app.keys import model_label, row_keys
 from demo_project.blog.models import Author, Post, Profile
 
-__all__ = ["DEMO_TITLE", "FAMILY", "POSTS_PER_AUTHOR", "SEED", "Seeded", "reset_demo", "seed_blog"]
+__all__ = [
+    "DEMO_TITLE",
+    "FAMILY",
+    "POSTS_PER_AUTHOR",
+    "SEED",
+    "Seeded",
+    "reset_demo",
+    "restore_demo",
+    "seed_blog",
+]
 
 SEED = [
     {
@@ -118,3 +128,23 @@ def reset_demo(authors: list[Author]) -> int:
             ]
         )
     return int(removed)
+
+
+def restore_demo(author: Author) -> str:
+    """
+    Put back what the story changed — the first author's name, her profile's headline,
+    the posts it wrote — through the ORM, so that the cache is invalidated (or, for the
+    write-through profile, refreshed) like for any other write. Return what was done.
+    """
+    data = SEED[0]
+    with transaction.atomic():
+        author.name = data["name"]
+        author.save(update_fields=["name"])
+        profile = Profile.objects.get(author=author)
+        profile.headline = data["headline"]
+        profile.save()
+        removed, _ = Post.objects.filter(title__startswith=DEMO_TITLE).delete()
+    return (
+        f"name {data['name']!r} and headline {data['headline']!r} restored, "
+        f"{removed} demo post(s) deleted — each write invalidated (or re-put) its cached entries"
+    )

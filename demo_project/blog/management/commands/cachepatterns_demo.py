@@ -8,11 +8,13 @@ measured in this process.
 4. the next read is a miss that returns the new name; 5. an author's cached pages
 of posts are all invalidated by one new post while another author's pages stay
 hits; 6. a profile update puts the fresh row in the cache (write-through), so the
-next read is a hit with the new value; 7. the statistics.
+next read is a hit with the new value; 7. the statistics; 8. everything the story
+changed is put back (through the ORM, so the cache follows).
 
 Every step states what it expects; the command exits non-zero if any expectation
 fails, so it doubles as an end-to-end check. It migrates and seeds the database
-if needed and resets what earlier runs changed, so every run tells the same story.
+if needed, and both undoes what an interrupted earlier run left and restores the
+seed data at its end, so every run tells the same story.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.core.management import call_command
@@ -28,7 +29,6 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DEFAULT_DB_ALIAS, connection, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
-from redis.exceptions import RedisError
 
 from cachepatterns_app import stats
 from cachepatterns_app.conf import get_settings
@@ -37,6 +37,7 @@ from cachepatterns_app.keys import model_label, row_keys
 from demo_project.blog import seed
 from demo_project.blog.measure import event_totals, measure, plural
 from demo_project.blog.models import Author, Post, Profile
+from demo_project.blog.preflight import embedded_redis_note, masked, require_database, require_redis
 from demo_project.blog.queries import author_posts
 
 __all__ = ["Command"]
@@ -44,35 +45,40 @@ __all__ = ["Command"]
 PER_PAGE = 10
 PAGES = (1, 2, 3)
 RENAMED = "Ada King, Countess of Lovelace"
-
-
-def masked(url: str) -> str:
-    """Return ``url`` without its password, for printing."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+# Fixed, and put back at the end: a run must not leave its mark for the next one.
+EDITED_HEADLINE = f"{seed.SEED[0]['headline']} (edited by the demo)"
 
 
 class Command(BaseCommand):
     help = "Run the caching scenario on the demo blog and print what happened (exit 1 if not as expected)."
+    # Run by handle() once the database is known to exist: Django 6 checks model fields
+    # against the database (JSONField support), which would turn a missing database
+    # into a traceback before the demo could say what to create.
+    requires_system_checks: list[str] = []
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.failures: list[str] = []
         self.checks = 0
-        # So that the command works on a fresh SQLite file too (a no-op when up to date).
-        call_command("migrate", verbosity=0, interactive=False)
+        require_database()
+        self.check()
+        # So that the command works on a fresh SQLite file too (a no-op when up to date);
+        # its checks ran just above (and would only report the tables it is creating).
+        call_command("migrate", verbosity=0, interactive=False, skip_checks=True)
         self.intro()
-        self.require_redis()
+        require_redis()
         authors = self.setup()
         baseline = stats.local_counts()
         ada, grace = authors[0], authors[1]
 
-        self.cache_aside(ada)
+        # From step 3 on she is called by the name she was just given.
+        ada = self.cache_aside(ada)
         self.families(ada, grace)
         self.write_through(ada)
         self.statistics(baseline)
+        self.restore(ada)
+        note = embedded_redis_note()
+        if note:
+            self.stdout.write("\n" + note)
 
         if self.failures:
             raise CommandError(
@@ -108,19 +114,6 @@ class Command(BaseCommand):
         self.say(f"redis:    {masked(str(settings.CACHES[alias]['LOCATION']))}")
         self.say(f"keys:     prefix '{get_settings().key_prefix}'")
 
-    def require_redis(self) -> None:
-        # The library would serve every read from the database with Redis down (that
-        # is its job), and the story below would then fail step by step: say why once.
-        alias = get_settings().cache_alias
-        try:
-            get_redis_connection(alias).ping()
-        except RedisError as e:
-            raise CommandError(
-                f"Redis at {masked(str(settings.CACHES[alias]['LOCATION']))} is unavailable ({e}). "
-                "Start it or point REDIS_URL at one that runs (unset, the demo uses 127.0.0.1:6379 or "
-                "starts an embedded Redis)."
-            ) from e
-
     def setup(self) -> list[Author]:
         result = seed.seed_blog()
         self.heading("Setup")
@@ -141,7 +134,9 @@ class Command(BaseCommand):
 
     # -- 1-4: cache-aside on Author ---------------------------------------------------------
 
-    def cache_aside(self, ada: Author) -> None:
+    def cache_aside(self, ada: Author) -> Author:
+        """Tell steps 1-4; return the author as renamed (read back through the cache)."""
+
         def read() -> Author:
             author: Author = Author.objects.get(pk=ada.pk)
             return author
@@ -202,6 +197,8 @@ class Command(BaseCommand):
             f"{hit} -> {hit.value.name!r}",
             hit.is_("hit", 0) and hit.value.name == RENAMED,
         )
+        renamed: Author = hit.value
+        return renamed
 
     # -- 5: a family of pages (issue 3) ----------------------------------------------------
 
@@ -300,7 +297,7 @@ class Command(BaseCommand):
             first.is_("miss", 1),
         )
         old_version = profile.version
-        headline = f"{seed.SEED[0]['headline']} (edited by the demo, v{old_version + 1})"
+        headline = EDITED_HEADLINE
         before = event_totals()
         with transaction.atomic():
             profile.headline = headline
@@ -345,4 +342,21 @@ class Command(BaseCommand):
             self.say(
                 f"scenario: {hits} hits, {misses} misses, hit ratio {100 * hits / (hits + misses):.0f} %"
             )
-        self.say("All processes: the demo's /stats/ page or `manage.py cachepatterns_stats`.")
+        self.say(
+            "This process ships its counts to Redis when it exits; every process's, summed: "
+            "the demo's /stats/ page or `manage.py cachepatterns_stats`."
+        )
+
+    # -- 8: put everything back --------------------------------------------------------------
+
+    def restore(self, ada: Author) -> None:
+        self.heading("8. Put the seed data back, so that the next run tells the same story")
+        restored = seed.restore_demo(ada)
+        self.say(restored)
+        again = measure(lambda: Author.objects.get(pk=ada.pk))
+        self.expect(
+            "8. restored",
+            f"miss, 1 SQL query, name {seed.SEED[0]['name']!r} (the rename back invalidated her row)",
+            f"{again} -> {again.value.name!r}",
+            again.is_("miss", 1) and again.value.name == seed.SEED[0]["name"],
+        )

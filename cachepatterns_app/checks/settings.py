@@ -1,9 +1,6 @@
 """
-System checks for the ``CACHEPATTERNS`` settings and the models using the app.
-
-Errors (``cachepatterns.E0xx``) stop ``manage.py`` commands: the configuration
-cannot work. Warnings (``cachepatterns.W0xx``) point at something that works but
-will surprise you in production. Every message has a hint saying what to change.
+Checks of the configuration: the ``CACHEPATTERNS`` dict, the cache it names, whether
+Redis answers, and the databases' isolation levels.
 """
 
 from __future__ import annotations
@@ -11,17 +8,16 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
-from django.core.exceptions import FieldDoesNotExist
 from redis.exceptions import RedisError
 
 from cachepatterns_app.conf import DEFAULTS, NESTED, get_settings, user_settings
+from cachepatterns_app.validation import ttl_problem
 
-__all__ = ["ALL"]
+__all__ = ["check_cache", "check_isolation", "check_redis_reachable", "check_settings"]
 
 _PREFIX = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -82,9 +78,9 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
     def bad(key: str, message: str, hint: str, code: str = "E007") -> None:
         out.append(Error(f"CACHEPATTERNS[{key!r}] {message}", hint=hint, id=f"cachepatterns.{code}"))
 
-    ttl = values["DEFAULT_TTL"]
-    if ttl is not None and not _positive(ttl):
-        bad("DEFAULT_TTL", f"is {ttl!r}.", "Use a positive number of seconds, or None for no expiry.", "E005")
+    problem = ttl_problem(values["DEFAULT_TTL"])
+    if problem is not None:
+        bad("DEFAULT_TTL", f"{problem}.", "Use a positive number of seconds, or None for no expiry.", "E005")
     jitter = values["TTL_JITTER"]
     if not _number(jitter) or not 0 <= jitter < 1:
         bad("TTL_JITTER", f"is {jitter!r}.", "Use a fraction from 0 (no jitter) up to, not including, 1.")
@@ -256,102 +252,6 @@ def _ping(client: Any) -> None:
         connection.disconnect()
 
 
-def check_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Check models that use the app's managers or are named in ``depends_on``."""
-    from django.db import models
-    from django.db.models.manager import BaseManager
-
-    from cachepatterns_app.managers import CacheAsideManager, InvalidatingQuerySet
-    from cachepatterns_app.patterns.write_through import WriteThroughRowCache
-    from cachepatterns_app.registry import row_caches
-
-    out: list[CheckMessage] = []
-    for model, cache in row_caches().items():
-        if isinstance(cache, WriteThroughRowCache):
-            name = cache.version_name
-            try:
-                field = model._meta.get_field(name)
-            except FieldDoesNotExist:
-                field = None
-            if not isinstance(field, models.IntegerField):
-                out.append(
-                    Error(
-                        f"{model._meta.label} uses WriteThroughManager(version_field={name!r}) but "
-                        f"has no integer field {name!r}.",
-                        hint=f"Add `{name} = models.PositiveBigIntegerField(default=0, editable=False)` "
-                        "and make a migration; every write path increments it to order "
-                        "concurrent writers.",
-                        obj=model,
-                        id="cachepatterns.E010",
-                    )
-                )
-    for model in row_caches():
-        manager = model._default_manager
-        if (
-            isinstance(manager, CacheAsideManager)
-            and type(manager).get_queryset is not BaseManager.get_queryset
-        ):
-            out.append(
-                Warning(
-                    f"{model._meta.label}'s manager {type(manager).__name__} overrides get_queryset(), "
-                    "so its get() is not served from the cache.",
-                    hint="A filtered base queryset could hide rows the cache would return, so the "
-                    "cache stays out of the way. Keep the cached manager unfiltered and put the "
-                    "filter on a second manager (or a queryset method).",
-                    obj=model,
-                    id="cachepatterns.W006",
-                )
-            )
-    for model in sorted(_writers_that_must_report(), key=lambda m: m._meta.label):
-        manager = model._default_manager
-        if not isinstance(manager.get_queryset(), InvalidatingQuerySet):
-            out.append(
-                Warning(
-                    f"{model._meta.label}'s rows are cached or depended on (by itself, a proxy, a "
-                    f"multi-table child or a many-to-many relation), but its default manager "
-                    f"{type(manager).__name__} does not report bulk writes.",
-                    hint="QuerySet.update(), bulk_create() and bulk_update() through it will not "
-                    "invalidate the cache. Make the default manager a CacheAsideManager, "
-                    "WriteThroughManager or InvalidatingManager.",
-                    obj=model,
-                    id="cachepatterns.W004",
-                )
-            )
-        base = model._base_manager
-        if base is not manager and not isinstance(base.get_queryset(), InvalidatingQuerySet):
-            out.append(
-                Warning(
-                    f"{model._meta.label}'s base manager {type(base).__name__} "
-                    f"({model._meta.base_manager_name or 'Django default'}) does not report bulk writes.",
-                    hint="Related managers write through the base manager (author.posts.add(post) "
-                    "updates the posts through it), so those writes will not invalidate the cache. "
-                    "Point Meta.base_manager_name at the app's manager, or leave it unset.",
-                    obj=model,
-                    id="cachepatterns.W007",
-                )
-            )
-    return out
-
-
-def _writers_that_must_report() -> set[Any]:
-    """Every model class whose bulk writes change rows a cache holds or depends on."""
-    from cachepatterns_app.registry import watched_models
-    from cachepatterns_app.signals import link_models
-
-    tables: set[Any] = set()
-    registries: set[Any] = set()
-    for model in watched_models():
-        if model._meta.abstract:
-            continue
-        concrete = model._meta.concrete_model or model
-        # A multi-table parent's writes change its cached children's rows.
-        tables.update({concrete, *concrete._meta.get_parent_list()})
-        registries.add(model._meta.apps)
-    out = {m for apps in registries for m in apps.get_models() if (m._meta.concrete_model or m) in tables}
-    out.update(m for m in link_models() if not m._meta.auto_created)
-    return out
-
-
 def check_isolation(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Warn where fills inside transactions are skipped because reads use a snapshot."""
     from django.db import connections
@@ -372,12 +272,3 @@ def check_isolation(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 )
             )
     return out
-
-
-ALL: list[Callable[..., list[CheckMessage]]] = [
-    check_settings,
-    check_cache,
-    check_redis_reachable,
-    check_models,
-    check_isolation,
-]
