@@ -18,6 +18,7 @@ __all__ = [
     "cache_aside",
     "invalidate",
     "invalidate_family",
+    "refresh_ahead",
     "write_through",
 ]
 
@@ -29,12 +30,13 @@ _LAZY = {
     "WriteThroughManager": "cachepatterns_app.managers",
     "cache_aside": "cachepatterns_app.decorators",
     "write_through": "cachepatterns_app.decorators",
+    "refresh_ahead": "cachepatterns_app.decorators",
     "invalidate": "cachepatterns_app.operations",
     "invalidate_family": "cachepatterns_app.operations",
 }
 
 if TYPE_CHECKING:
-    from cachepatterns_app.decorators import cache_aside, write_through
+    from cachepatterns_app.decorators import cache_aside, refresh_ahead, write_through
     from cachepatterns_app.managers import CacheAsideManager, InvalidatingManager, WriteThroughManager
     from cachepatterns_app.operations import invalidate, invalidate_family
 

@@ -33,6 +33,12 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
             "task": "cachepatterns.retry_invalidations",
             "schedule": 30.0,
         },
+        # The interval is passed too: a key is refreshed if it would expire before the next run.
+        "cachepatterns.refresh_hot_keys": {
+            "task": "cachepatterns.refresh_hot_keys",
+            "schedule": 10.0,
+            "kwargs": {"interval": 10.0},
+        },
     }
 
 

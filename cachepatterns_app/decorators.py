@@ -11,6 +11,10 @@ write committed is never stored under the new generation.
 
 ``@write_through`` wraps a writer: once its transaction commits, what it returned
 is stored under its key, so the next read is a hit with the new value.
+
+``@refresh_ahead`` is ``@cache_aside`` whose hits near expiry schedule one
+background refresh (see ``patterns.refresh_ahead``, which builds on the classes
+here).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -56,7 +61,7 @@ from cachepatterns_app.signals import connect_model
 from cachepatterns_app.slots import FamilySlot, PlainSlot, Slot
 from cachepatterns_app.store import get_store, new_token
 
-__all__ = ["cache_aside", "write_through"]
+__all__ = ["CachedFunction", "Target", "cache_aside", "refresh_ahead", "write_through"]
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +151,9 @@ class Target:
 class CachedFunction:
     """The state behind one ``@cache_aside`` function."""
 
+    #: Where results are stored (``@refresh_ahead`` stores them with their compute time).
+    target_class: type[Target] = Target
+
     def __init__(
         self,
         fn: Callable[..., Any],
@@ -156,7 +164,7 @@ class CachedFunction:
         using: str | None = None,
     ) -> None:
         self.fn = fn
-        self.target = Target(fn, key, family, ttl, using, implicit_family=bool(depends_on))
+        self.target = self.target_class(fn, key, family, ttl, using, implicit_family=bool(depends_on))
         self.signature = self.target.signature
         missing = set(self.signature.names) - set(self.target.key.fields)
         if missing:
@@ -222,7 +230,17 @@ class CachedFunction:
                     return self._compute(args, kwargs)
                 continue
             stats.record("hit", self.label)
+            self._served(params, slot, reply)
             return value
+
+    def _served(self, params: dict[str, Any], slot: Slot, reply: list[Any]) -> None:
+        """Hook run after a hit was served (``@refresh_ahead`` schedules refreshes here)."""
+
+    def _fill_command(
+        self, slot: Slot, token: str, generation: Any, payload: bytes, ttl: int, seconds: float
+    ) -> tuple[Any, ...]:
+        """Return the reply-less command storing a value computed in ``seconds`` on a miss."""
+        return slot.fill(token, generation, payload, ttl)
 
     def _compute(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return materialise(self.fn(*args, **kwargs))
@@ -233,6 +251,7 @@ class CachedFunction:
         stats.record("miss", self.label)
         store = get_store()
         used = _UsedDatabases()
+        started = time.perf_counter()
         try:
             with used.watching():
                 value = self._compute(args, kwargs)
@@ -247,7 +266,10 @@ class CachedFunction:
             if not allowed:
                 stats.record("bypass", self.label)
             return value
-        store.send_no_reply([slot.fill(token, generation, payload, ttl_ms(self.target.ttl))])
+        seconds = time.perf_counter() - started
+        store.send_no_reply(
+            [self._fill_command(slot, token, generation, payload, ttl_ms(self.target.ttl), seconds)]
+        )
         stats.record("fill", self.label)
         # What a miss returns must equal what the hits after it return.
         return loads_result(payload) if _plain(value) else value
@@ -304,26 +326,69 @@ def cache_aside(
     validation.check_decorator(key, ttl, "cache_aside")
 
     def decorate(fn: F) -> F:
-        cached = CachedFunction(fn, key, ttl, family, depends_on, using)
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            return cached(*args, **kwargs)
-
-        def invalidate(using: str = DEFAULT_DB_ALIAS, **params: Any) -> None:
-            """Forget the result cached for ``params`` (after ``using`` commits, if in a transaction)."""
-            cached.forget(params, using)
-
-        def key_of(**params: Any) -> str:
-            """Return the logical key of the result for ``params`` (defaults filled in)."""
-            return cached.target.member(cached.signature.with_defaults(params))
-
-        wrapper.invalidate = invalidate  # type: ignore[attr-defined]
-        wrapper.key = key_of  # type: ignore[attr-defined]
-        wrapper.cached = cached  # type: ignore[attr-defined]
-        return cast("F", wrapper)
+        return wrap(fn, CachedFunction(fn, key, ttl, family, depends_on, using))
 
     return decorate
+
+
+def wrap(fn: F, cached: CachedFunction) -> F:
+    """Return the function that calls ``cached``, with ``.invalidate``, ``.key`` and ``.cached``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return cached(*args, **kwargs)
+
+    def invalidate(using: str = DEFAULT_DB_ALIAS, **params: Any) -> None:
+        """Forget the result cached for ``params`` (after ``using`` commits, if in a transaction)."""
+        cached.forget(params, using)
+
+    def key_of(**params: Any) -> str:
+        """Return the logical key of the result for ``params`` (defaults filled in)."""
+        return cached.target.member(cached.signature.with_defaults(params))
+
+    wrapper.invalidate = invalidate  # type: ignore[attr-defined]
+    wrapper.key = key_of  # type: ignore[attr-defined]
+    wrapper.cached = cached  # type: ignore[attr-defined]
+    return cast("F", wrapper)
+
+
+def refresh_ahead(
+    key: str | None = None,
+    *,
+    ttl: int | None = UNSET,
+    factor: float | None = None,
+    beta: float | None = None,
+    family: str | None = None,
+    depends_on: Mapping[type[Model], Any] | None = None,
+    using: str | None = None,
+    name: str | None = None,
+) -> Callable[[F], F]:
+    """
+    Cache the function's result like ``@cache_aside``, and refresh it in the background
+    before it expires.
+
+    A hit with less than ``factor * ttl`` left (default ``REFRESH_AHEAD["FACTOR"]``),
+    or that XFetch picks when ``beta`` > 0 (default ``REFRESH_AHEAD["XFETCH_BETA"]``),
+    returns the cached value and schedules one Celery task ``cachepatterns.refresh_key``
+    for the key (deduplicated in Redis). A miss computes once (single flight).
+    Arguments travel to the worker as JSON: they must be str, int, float, bool or None
+    (anything else raises ``TypeError`` at the call). ``name`` is the name the worker
+    finds the function by (default ``module.qualname``); import the function's module
+    in every worker (from an ``AppConfig.ready()``).
+    """
+    from cachepatterns_app.patterns.refresh_ahead import decorate
+
+    validation.check_decorator(key, ttl, "refresh_ahead")
+    return decorate(
+        key=key,
+        ttl=ttl,
+        factor=factor,
+        beta=beta,
+        family=family,
+        depends_on=depends_on,
+        using=using,
+        name=name,
+    )
 
 
 def write_through(

@@ -12,6 +12,9 @@ Layout (``cp`` is ``KEY_PREFIX``; ``<db>`` is the database identity token of
     cp:{f:<db>:user:1:posts}:v:<gen>:<member>   a family member's value
     cp:{f:<db>:user:1:posts}:l:<gen>:<member>   its fill lease
     cp:{k:<db>:<key>}  cp:{k:<db>:<key>}:l  cp:{k:<db>:<key>}:v   a decorated key outside families
+    <value key>:m                       refresh-ahead meta: "<compute ms>[,<failures>]"
+    cp:{f:<db>:user:1:posts}:m:<gen>:<member>   the same for a family member (built in Lua)
+    cp:{ra:<db>}:hot                    refresh-ahead hot set (sampled read counts, capped)
 
 The part in braces is a Redis Cluster hash tag: everything that one Lua script
 or one transaction touches lives in one slot, so the app runs unchanged on a
@@ -50,8 +53,10 @@ __all__ = [
     "PlainKeys",
     "RowKeys",
     "family_keys",
+    "hot_keys_key",
     "key_part",
     "key_text",
+    "meta_key",
     "model_label",
     "normalise",
     "plain_keys",
@@ -191,6 +196,19 @@ def plain_keys(db: str, key: str) -> PlainKeys:
     return PlainKeys(base, base + ":l", base + ":v")
 
 
+def meta_key(value_key: str) -> str:
+    """
+    Return the refresh-ahead companion of a row's or plain result's value key: the
+    compute time of the value (and the failures of its refreshes), same hash tag.
+    """
+    return value_key + ":m"
+
+
+def hot_keys_key(db: str) -> str:
+    """Return the sorted set counting sampled reads of refresh-ahead keys of database ``db``."""
+    return _tagged(f"ra:{db}") + ":hot"
+
+
 @dataclass(frozen=True, slots=True)
 class FamilyKeys:
     """The keys of a family: its generation and the prefixes of its members."""
@@ -201,6 +219,10 @@ class FamilyKeys:
     def member(self, generation: int, member: str) -> tuple[str, str]:
         """Return the (value, lease) keys of ``member`` in ``generation``."""
         return f"{self.base}:v:{generation}:{member}", f"{self.base}:l:{generation}:{member}"
+
+    def member_meta(self, generation: int | str, member: str) -> str:
+        """Return the refresh-ahead meta key of ``member`` in ``generation``."""
+        return f"{self.base}:m:{generation}:{member}"
 
 
 def family_keys(db: str, family: str) -> FamilyKeys:

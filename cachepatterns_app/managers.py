@@ -385,27 +385,42 @@ class CacheAsideManager(BaseManager.from_queryset(CachedQuerySet)):  # type: ign
     """
     Cache rows of the model in Redis; invalidate them after every committed write.
 
-    ``ttl`` is in seconds (default ``DEFAULT_TTL``; None for no expiry).
+    ``ttl`` is in seconds (default ``DEFAULT_TTL``; None for no expiry). With
+    ``refresh_ahead=0.2``, a hit with less than a fifth of the TTL left schedules a
+    background reload of the row (Celery task ``cachepatterns.refresh_row``).
     """
 
     row_cache_class: type[RowCache] = RowCache
 
     def __init__(self, ttl: int | None = UNSET, refresh_ahead: float | None = None) -> None:
-        if refresh_ahead is not None:
-            # Accepting and ignoring it would look like refresh-ahead works.
-            raise ConfigurationError(
-                "CacheAsideManager(refresh_ahead=...) is not available in this version of "
-                "cachepatterns; leave it out (rows are then refreshed on their first miss)."
-            )
         super().__init__()
+        where = f"{type(self).__name__}(refresh_ahead=...)"
         self.ttl = validate_ttl(ttl, f"{type(self).__name__}(ttl=...)")
+        if refresh_ahead is not None:
+            if isinstance(refresh_ahead, bool) or not isinstance(refresh_ahead, int | float):
+                raise ConfigurationError(f"{where}: {refresh_ahead!r} is not a fraction; use e.g. 0.2.")
+            if not 0 < refresh_ahead < 1:
+                raise ConfigurationError(
+                    f"{where}: {refresh_ahead!r}; use a fraction between 0 and 1 (0.2 reloads a hot "
+                    "row in the last fifth of its TTL), or None for no refresh-ahead."
+                )
+            if ttl is None:
+                raise ConfigurationError(f"{where}: rows with ttl=None never expire; give ttl= in seconds.")
+        self.refresh_ahead = refresh_ahead
         self._constructor_args = ((), self._options())
 
     def _options(self) -> dict[str, Any]:
-        return {} if self.ttl is UNSET else {"ttl": self.ttl}
+        options: dict[str, Any] = {} if self.ttl is UNSET else {"ttl": self.ttl}
+        if self.refresh_ahead is not None:
+            options["refresh_ahead"] = self.refresh_ahead
+        return options
 
     def make_row_cache(self, model: type[Model]) -> RowCache:
         """Return the row cache this manager puts in front of ``model``."""
+        if self.refresh_ahead is not None:
+            from cachepatterns_app.patterns.refresh_ahead.rows import RefreshAheadRowCache
+
+            return RefreshAheadRowCache(model, ttl=self.ttl, factor=float(self.refresh_ahead))
         return self.row_cache_class(model, ttl=self.ttl)
 
     def contribute_to_class(self, model: type[Model], name: str) -> None:

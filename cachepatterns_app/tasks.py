@@ -7,13 +7,15 @@ renaming a module never orphans queued messages.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import shared_task
 
 from cachepatterns_app import invalidation
 from cachepatterns_app.celery import connect_signals
+from cachepatterns_app.patterns import refresh_ahead
 
-__all__ = ["retry_invalidations"]
+__all__ = ["refresh_hot_keys", "refresh_key", "refresh_row", "retry_invalidations"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,3 +31,31 @@ def retry_invalidations() -> int:
     every one recorded in the database by any process. Return how many remain.
     """
     return invalidation.retry_failed()
+
+
+@shared_task(name="cachepatterns.refresh_key")
+def refresh_key(
+    name: str, params: dict[str, Any], using: str = "default", token: str = "", generation: str | None = None
+) -> str:
+    """
+    Recompute the ``@refresh_ahead`` function registered as ``name`` for ``params``
+    and store the result unless the key was written since the read that scheduled
+    this (``token`` is the refresh lease that read took). Return "done", "skipped"
+    or "failed"; never raises for a failing loader (the old value stays).
+    """
+    return refresh_ahead.refresh_function(name, params, using, token, generation)
+
+
+@shared_task(name="cachepatterns.refresh_row")
+def refresh_row(label: str, pk: Any, using: str, token: str) -> str:
+    """Reload row ``pk`` of the model ``label`` (``CacheAsideManager(refresh_ahead=…)``) and store it."""
+    return refresh_ahead.refresh_row(label, pk, using, token)
+
+
+@shared_task(name="cachepatterns.refresh_hot_keys")
+def refresh_hot_keys(interval: float = 10.0) -> int:
+    """
+    Schedule refreshes of the hottest refresh-ahead keys that would expire before
+    the next run (``interval`` seconds, as scheduled); return how many.
+    """
+    return refresh_ahead.refresh_hot_keys(interval)

@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import connection
 
 from cachepatterns_app import pending
+from cachepatterns_app.celery import beat_schedule
 from cachepatterns_app.models import PendingInvalidation
 from demo_project.embedded import celery_url
 from tests.support import PATIENCE, readme_block, wait_until
@@ -86,8 +87,16 @@ def test_the_readme_snippet_adds_the_apps_periodic_tasks(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr
     schedule = json.loads(result.stdout)
-    assert schedule == {
-        "cachepatterns.retry_invalidations": {"task": "cachepatterns.retry_invalidations", "schedule": 30.0}
+    # Every entry of the app's (as JSON: the schedule travels through the subprocess's stdout).
+    assert schedule == json.loads(json.dumps(beat_schedule()))
+    assert schedule["cachepatterns.retry_invalidations"] == {
+        "task": "cachepatterns.retry_invalidations",
+        "schedule": 30.0,
+    }
+    assert schedule["cachepatterns.refresh_hot_keys"] == {
+        "task": "cachepatterns.refresh_hot_keys",
+        "schedule": 10.0,
+        "kwargs": {"interval": 10.0},
     }
 
 

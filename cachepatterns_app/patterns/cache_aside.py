@@ -151,7 +151,7 @@ class RowCache:
         while True:
             try:
                 reply = await_turn(
-                    lambda: store.script("read", (keys.value, keys.lease), (token, lease_ms)), self.label
+                    lambda: self.read_reply(store, pk, keys, token, lease_ms, cache_db), self.label
                 )
             except CacheUnavailable as e:
                 return self._degraded(e, read_db, pk)
@@ -171,7 +171,18 @@ class RowCache:
                     return self._query(read_db).get(pk=pk)
                 continue
             stats.record("hit", self.label)
+            self.served(pk, keys, reply, cache_db)
             return instance
+
+    def read_reply(
+        self, store: Store, pk: Any, keys: RowKeys, token: str, lease_ms: int, cache_db: str
+    ) -> list[Any]:
+        """Return ``read.lua``'s answer for row ``pk`` (a hit, the lease, or busy)."""
+        reply: list[Any] = store.script("read", (keys.value, keys.lease), (token, lease_ms))
+        return reply
+
+    def served(self, pk: Any, keys: RowKeys, reply: list[Any], cache_db: str) -> None:
+        """Hook run after a hit of row ``pk`` was served (refresh-ahead schedules here)."""
 
     def get_by_unique(self, field_name: str, value: Any, read_db: str, cache_db: str) -> Model:
         """
