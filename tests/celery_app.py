@@ -11,6 +11,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.settings")
 app = Celery("cachepatterns_tests")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(["tests.testapp", "cachepatterns_app"])
+# The current app of every thread, not only of this one: the library enqueues its
+# refreshes from whatever thread read the key, and a thread with no current app of
+# its own would otherwise fall back to the first app created (the demo project's).
+app.set_default()
 
 
 @app.task(name="tests.ping")

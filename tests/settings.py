@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.admin",
     "cachepatterns_app",
     "tests.testapp",
+    "tests.refreshapp",
     "demo_project.blog",
 ]
 MIDDLEWARE = [
