@@ -12,5 +12,6 @@ urlpatterns = [
     path("authors/<int:pk>/posts/", views.author_posts_page, name="author_posts"),
     path("authors/<int:pk>/posts/new/", views.new_post, name="new_post"),
     path("authors/<int:pk>/profile/", views.edit_profile, name="edit_profile"),
+    path("trending/", views.trending, name="trending"),
     path("stats/", views.stats_page, name="stats"),
 ]

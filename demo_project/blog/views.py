@@ -6,7 +6,9 @@ Views of the demo blog.
   the first request it costs no SQL query;
 - the author's posts page reads ``queries.author_posts`` (a cached family of pages);
 - creating a post invalidates every cached page of its author after commit;
-- editing a profile puts the fresh row in the cache after commit.
+- editing a profile puts the fresh row in the cache after commit;
+- the trending page reads ``queries.trending_posts`` (refresh-ahead: with a Celery
+  worker running, it is recomputed in the background before it expires).
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from cachepatterns_app import stats
 from cachepatterns_app.exceptions import CacheUnavailable
 from demo_project.blog.forms import PostForm, ProfileForm
 from demo_project.blog.models import Author, Profile
-from demo_project.blog.queries import author_post_count, author_posts
+from demo_project.blog.queries import TRENDING_TTL, author_post_count, author_posts, trending_posts
 
-__all__ = ["author_detail", "author_posts_page", "edit_profile", "home", "new_post", "stats_page"]
+__all__ = ["author_detail", "author_posts_page", "edit_profile", "home", "new_post", "stats_page", "trending"]
 
 PER_PAGE = 10
 
@@ -106,6 +108,12 @@ def edit_profile(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, "Profile saved; the next read is a cache hit with the new values.")
         return redirect("blog:author", pk=author.pk)
     return render(request, "blog/profile_form.html", {"author": author, "form": form})
+
+
+def trending(request: HttpRequest) -> HttpResponse:
+    """Show the trending posts (refresh-ahead)."""
+    ranking = trending_posts(limit=5)
+    return render(request, "blog/trending.html", {"ranking": ranking, "ttl": TRENDING_TTL})
 
 
 #: The events with a column of their own on the stats page, in reading order; the

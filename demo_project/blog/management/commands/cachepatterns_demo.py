@@ -8,8 +8,10 @@ measured in this process.
 4. the next read is a miss that returns the new name; 5. an author's cached pages
 of posts are all invalidated by one new post while another author's pages stay
 hits; 6. a profile update puts the fresh row in the cache (write-through), so the
-next read is a hit with the new value; 7. the statistics; 8. everything the story
-changed is put back (through the ORM, so the cache follows).
+next read is a hit with the new value; 7. the statistics; 8. the trending posts
+(refresh-ahead), read through four TTL periods with a Celery worker refreshing them:
+no miss after the first; 9. everything the story changed is put back (through the
+ORM, so the cache follows).
 
 Every step states what it expects; the command exits non-zero if any expectation
 fails, so it doubles as an end-to-end check. It migrates and seeds the database
@@ -19,6 +21,7 @@ seed data at its end, so every run tells the same story.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -35,16 +38,20 @@ from cachepatterns_app.conf import get_settings
 from cachepatterns_app.identity import database_identity
 from cachepatterns_app.keys import model_label, row_keys
 from demo_project.blog import seed
+from demo_project.blog.background import WorkerUnavailable, background_worker
 from demo_project.blog.measure import event_totals, measure, plural
 from demo_project.blog.models import Author, Post, Profile
 from demo_project.blog.preflight import embedded_redis_note, masked, require_database, require_redis
-from demo_project.blog.queries import author_posts
+from demo_project.blog.queries import TRENDING_COST, TRENDING_TTL, author_posts, trending_posts
 
 __all__ = ["Command"]
 
 PER_PAGE = 10
 PAGES = (1, 2, 3)
 RENAMED = "Ada King, Countess of Lovelace"
+#: TTL periods the trending posts are read through, and how often.
+TRENDING_PERIODS = 4
+TRENDING_EVERY = 0.1
 # Fixed, and put back at the end: a run must not leave its mark for the next one.
 EDITED_HEADLINE = f"{seed.SEED[0]['headline']} (edited by the demo)"
 
@@ -75,6 +82,7 @@ class Command(BaseCommand):
         self.families(ada, grace)
         self.write_through(ada)
         self.statistics(baseline)
+        self.refresh_ahead()
         self.restore(ada)
         note = embedded_redis_note()
         if note:
@@ -347,15 +355,72 @@ class Command(BaseCommand):
             "the demo's /stats/ page or `manage.py cachepatterns_stats`."
         )
 
-    # -- 8: put everything back --------------------------------------------------------------
+    # -- 8: refresh-ahead on the trending posts (issue 11) ------------------------------------
+
+    def refresh_ahead(self) -> None:
+        self.heading(
+            f"8. Refresh-ahead: trending_posts(), cached {TRENDING_TTL} s, recomputed by a Celery "
+            "worker in the last half of them"
+        )
+        trending_posts.invalidate(limit=5)  # type: ignore[attr-defined]
+        try:
+            with background_worker():
+                self.say("started a Celery worker (celery -A demo_project worker) on a queue of its own")
+                self._trending_reads()
+        except WorkerUnavailable as e:
+            self.expect("8. worker", "a Celery worker running", f"none: {e}", False)
+
+    def _trending_reads(self) -> None:
+        label = "trending:posts:top:{limit}"
+        before = stats.snapshot().get(label, {})
+        first = measure(lambda: trending_posts(limit=5))
+        self.expect(
+            "8. first read",
+            f"miss: the ranking query runs here ({TRENDING_COST * 1000:.0f} ms of work)",
+            str(first),
+            first.outcome == "miss",
+        )
+        seconds = TRENDING_PERIODS * TRENDING_TTL
+        every = f"{TRENDING_EVERY * 1000:.0f} ms"
+        self.say(f"reading it every {every} for {TRENDING_PERIODS} TTL periods ({seconds} s)")
+        readings = []
+        versions = {first.value["computed_at"]}
+        stop = time.monotonic() + seconds
+        while time.monotonic() < stop:
+            reading = measure(lambda: trending_posts(limit=5))
+            readings.append(reading)
+            versions.add(reading.value["computed_at"])
+            time.sleep(TRENDING_EVERY)
+        misses = sum(r.events["miss"] for r in readings)
+        hits = sum(r.events["hit"] for r in readings)
+        queries = sum(r.queries for r in readings)
+        slowest = max((r.ms for r in readings), default=0.0)
+        self.expect(
+            "8. reads",
+            "no miss after the first: every read a hit, 0 SQL queries",
+            f"{plural(len(readings), 'read')}: {hits} hits, {plural(misses, 'miss', 'misses')}, "
+            f"{queries} SQL queries, slowest {slowest:.1f} ms",
+            misses == 0 and queries == 0 and hits == len(readings),
+        )
+        after = stats.snapshot().get(label, {})
+        done = after.get("refresh_done", 0) - before.get("refresh_done", 0)
+        # No miss, and no ranking outlives its TTL (plus 10 % jitter): one per period at least.
+        self.expect(
+            "8. refreshes",
+            f"recomputed in the background about once per period (>= {TRENDING_PERIODS} rankings seen)",
+            f"{plural(len(versions), 'ranking')} seen, {plural(done, 'refresh', 'refreshes')} by the worker",
+            len(versions) >= TRENDING_PERIODS and done >= TRENDING_PERIODS - 1,
+        )
+
+    # -- 9: put everything back --------------------------------------------------------------
 
     def restore(self, ada: Author) -> None:
-        self.heading("8. Put the seed data back, so that the next run tells the same story")
+        self.heading("9. Put the seed data back, so that the next run tells the same story")
         restored = seed.restore_demo(ada)
         self.say(restored)
         again = measure(lambda: Author.objects.get(pk=ada.pk))
         self.expect(
-            "8. restored",
+            "9. restored",
             f"miss, 1 SQL query, name {seed.SEED[0]['name']!r} (the rename back invalidated her row)",
             f"{again} -> {again.value.name!r}",
             again.is_("miss", 1) and again.value.name == seed.SEED[0]["name"],
