@@ -16,7 +16,7 @@ import pytest
 from cachepatterns_app import CacheAsideManager, refresh_ahead
 from cachepatterns_app.exceptions import ConfigurationError
 from cachepatterns_app.patterns.refresh_ahead import policy, xfetch_gap_ms
-from cachepatterns_app.patterns.refresh_ahead.policy import backoff_ms, refresh_due
+from cachepatterns_app.patterns.refresh_ahead.policy import backoff_ms, refresh_due, xfetch_factor
 from cachepatterns_app.store import get_store
 from tests.ra_support import calls, keys_of, wait_filled, worker_count
 from tests.refreshapp.refreshers import wide, xfetched
@@ -42,6 +42,8 @@ def test_xfetch_gap_is_delta_times_beta_times_minus_log_rand():
         (50_000, 1_000, 10_000, 1.0, math.exp(-40), False),  # gap 40 s < 50 s left
         (50_000, 1_000, 10_000, 0.0, math.exp(-60), False),  # beta 0: the window only
         (50_000, 2_000, 10_000, 1.0, math.exp(-30), True),  # a larger delta: earlier
+        (5_000, 1_000, 10_000, 1.0, math.exp(-1), False),  # XFetch instead of the window
+        (5_000, 0, 10_000, 1.0, math.exp(-1), True),  # no delta known yet: the window decides
         (-1, 1_000, 10_000, 1.0, 1e-9, False),  # no expiry: never due
     ],
 )
@@ -67,10 +69,10 @@ def test_the_lua_read_decides_as_refresh_due(redis):
             for beta in (0.0, 1.0, 10.0):
                 for rand in (1.0, 0.5, 0.01):
                     gap = xfetch_gap_ms(delta, beta, rand)
-                    if abs(gap - pttl) < 60_000:
+                    if abs(gap - pttl) < 60_000 or abs(window - pttl) < 60_000:
                         continue
                     n += 1
-                    xf = beta * -math.log(rand) if beta else 0.0
+                    xf = xfetch_factor(beta, rand)
                     state = _run_read(redis, n, pttl, delta, window, xf)
                     expected = refresh_due(pttl, delta, window, beta, rand)
                     assert state == (4 if expected else 1), (window, delta, beta, rand)
@@ -148,6 +150,43 @@ def test_an_instance_argument_is_refused_with_a_hint(redis):
 
     with pytest.raises(TypeError, match="pass a primary key instead of an instance"):
         wide(Headline(pk=1, owner=1, title="x"))
+
+
+def test_a_default_json_would_not_bring_back_raises_at_decoration():
+    with pytest.raises(TypeError, match=r"parameter 'day' is date"):
+
+        @refresh_ahead(ttl=60)
+        def on(day: datetime.date = datetime.date(2026, 1, 1)) -> str:
+            return str(day)
+
+
+@pytest.mark.django_db
+def test_a_loader_that_times_out_is_a_failure_that_keeps_the_old_value(redis, monkeypatch, counts):
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from cachepatterns_app.patterns.refresh_ahead import refresh_function, worker
+
+    scheduled: list[dict[str, Any]] = []
+    monkeypatch.setattr(worker, "schedule", lambda task, kwargs, label, using: scheduled.append(kwargs))
+    slow = {"fail": False}
+
+    @refresh_ahead(key="ra:timing:{item}", ttl=60, name="tests.timing")
+    def timing(item: str) -> str:
+        if slow["fail"]:
+            raise SoftTimeLimitExceeded  # what Celery raises in a task past its soft time limit
+        return "fresh"
+
+    keys = keys_of(timing, item="x")
+    assert timing("x") == "fresh"
+    wait_filled(redis, keys)
+    old = redis.get(keys.value)
+    redis.pexpire(keys.value, 5_000)
+    assert timing("x") == "fresh"
+    slow["fail"] = True
+    assert refresh_function(**scheduled[0]) == "failed"
+    assert redis.get(keys.value) == old  # stale-if-error
+    assert redis.get(keys.lease) == b"b:1"  # and a backoff before the next try
+    assert counts("ra:timing:{item}")["refresh_failed"] == 1
 
 
 def test_declarations_a_worker_could_not_run_are_refused():

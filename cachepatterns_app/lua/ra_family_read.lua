@@ -48,7 +48,13 @@ elseif value then
     delta = tonumber(string.match(meta, '^(%d+)')) or 0
   end
   local xf = tonumber(ARGV[7])
-  if pttl >= tonumber(ARGV[6]) and not (xf > 0 and delta > 0 and delta * xf >= pttl) then
+  local due
+  if xf > 0 and delta > 0 then
+    due = delta * xf >= pttl
+  else
+    due = pttl < tonumber(ARGV[6])
+  end
+  if not due then
     return {1, gen, value}
   end
   if redis.call('EXISTS', lease) == 1 then

@@ -10,7 +10,8 @@
 -- is pending or backing off; {2, healed} miss, lease granted; {3} busy; {0} a
 -- claim of a missing value.
 --
--- Due means: less than the window left (PTTL, the server's clock), or XFetch's
+-- Due means: less than the window left (PTTL, the server's clock); or, with XFetch
+-- on and a compute time (delta) known, instead of the window: XFetch's
 -- now - delta * beta * ln(rand) >= expiry, i.e. delta * beta * -ln(rand) >= PTTL.
 -- The refresh lease is the fill lease with an 'r:' token, so every write that
 -- voids a fill (a DEL of the lease, a put, a generation bump) voids the refresh.
@@ -36,7 +37,13 @@ elseif value then
     delta = tonumber(string.match(meta, '^(%d+)')) or 0
   end
   local xf = tonumber(ARGV[4])
-  if pttl >= tonumber(ARGV[3]) and not (xf > 0 and delta > 0 and delta * xf >= pttl) then
+  local due
+  if xf > 0 and delta > 0 then
+    due = delta * xf >= pttl
+  else
+    due = pttl < tonumber(ARGV[3])
+  end
+  if not due then
     return {1, value}
   end
   if redis.call('EXISTS', KEYS[2]) == 1 then

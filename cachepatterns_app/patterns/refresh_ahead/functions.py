@@ -77,7 +77,10 @@ class RefreshTarget(Target):
 
 
 def _check_function(fn: Callable[..., Any], where: str) -> None:
-    for parameter in inspect.signature(fn).parameters.values():
+    parameters = inspect.signature(fn).parameters.values()
+    # A default travels to the worker like any argument: refuse it here, at decoration.
+    check_arguments({p.name: p.default for p in parameters if p.default is not p.empty}, where)
+    for parameter in parameters:
         if parameter.name in ("self", "cls") and parameter.kind is parameter.POSITIONAL_OR_KEYWORD:
             raise ConfigurationError(
                 f"{where}: methods cannot be refreshed in the background (a worker has no "

@@ -3,10 +3,12 @@ When a refresh-ahead value is due, how long a failed refresh backs off, and what
 a refreshed function's arguments may be.
 
 The decision itself runs in Lua (``ra_read.lua``), on the server's clock: a value
-is *due* when less than the window (``factor * ttl``) of its lifetime is left, or —
-with ``beta`` > 0 — when XFetch says so: ``now - Δ·β·ln(rand) ≥ expiry``, where Δ
-is how long the value took to compute. :func:`refresh_due` is the same rule in
-Python, for documentation and tests; the random number is drawn here and passed in.
+is *due* when less than the window (``factor * ttl``) of its lifetime is left — or,
+with ``beta`` > 0, when XFetch says so instead: ``now - Δ·β·ln(rand) ≥ expiry``,
+where Δ is how long the value took to compute, stored beside it. Until a Δ is known
+(a value stored by a writer's put, or by a row's miss) the window decides.
+:func:`refresh_due` is the same rule in Python, for documentation and tests; the
+random number is drawn here and passed in.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "check_arguments",
     "draw",
     "refresh_due",
+    "xfetch_factor",
     "xfetch_gap_ms",
 ]
 
@@ -58,16 +61,27 @@ def xfetch_gap_ms(delta_ms: float, beta: float, rand: float) -> float:
     return delta_ms * beta * -math.log(rand)
 
 
+def xfetch_factor(beta: float, rand: float) -> float:
+    """
+    Return what a read passes to the script for XFetch: ``β · -ln(rand)``, never 0
+    when XFetch is on (0 tells the script it is off, and rand may be exactly 1).
+    """
+    if beta <= 0:
+        return 0.0
+    return max(beta * -math.log(rand), 1e-12)
+
+
 def refresh_due(pttl_ms: int, delta_ms: float, window_ms: float, beta: float, rand: float) -> bool:
     """
     Return whether a value with ``pttl_ms`` left (-1: no expiry) is due for a refresh:
-    inside the window, or picked by XFetch. ``ra_read.lua`` decides exactly this.
+    picked by XFetch when ``beta`` > 0 and its compute time is known, else inside the
+    window. ``ra_read.lua`` decides exactly this.
     """
     if pttl_ms < 0:
         return False
-    if pttl_ms < window_ms:
-        return True
-    return beta > 0 and delta_ms > 0 and xfetch_gap_ms(delta_ms, beta, rand) >= pttl_ms
+    if beta > 0 and delta_ms > 0:
+        return xfetch_gap_ms(delta_ms, beta, rand) >= pttl_ms
+    return pttl_ms < window_ms
 
 
 def backoff_ms(window_ms: int) -> tuple[int, int]:
@@ -140,8 +154,7 @@ class Policy:
 
     def reading(self, ttl: float | None) -> Reading:
         """Return the arguments of one read (XFetch's random number drawn now)."""
-        beta = self.beta
-        return Reading(self.window_ms(ttl), beta * -math.log(draw()) if beta > 0 else 0.0)
+        return Reading(self.window_ms(ttl), xfetch_factor(self.beta, draw()))
 
 
 _SCALARS = (str, int, float, bool, type(None))
