@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cachepatterns_app.patterns.refresh_ahead.worker import drain
 from tests.celery_app import app as celery_app
 from tests.ra_support import calls, flag, keys_of, shared_counts, wait_filled, worker_count
 from tests.refreshapp.models import Headline
@@ -60,6 +61,7 @@ def test_steady_reads_over_five_ttl_periods_miss_only_once(celery_worker, redis,
         thread.result(timeout=PATIENCE + 10)
     elapsed = time.monotonic() - started
 
+    drain()  # what the readers scheduled has reached the broker
     mine = counts(label)
     assert mine["miss"] == 1, mine  # no synchronous miss after the first
     loads = calls(redis, "steady")
@@ -93,6 +95,7 @@ def test_a_hundred_readers_entering_the_window_schedule_one_refresh(celery_worke
     values = [reader.result(timeout=2 * PATIENCE) for reader in readers]
 
     assert all(value["n"] == 1 for value in values)  # every reader got the cached value at once
+    drain()
     mine = counts(WIDE)
     assert mine["stale_served"] == 100
     assert mine["refresh_scheduled"] == 1  # one reader took the refresh lease
@@ -119,6 +122,7 @@ def test_a_failing_refresh_keeps_the_old_value_then_the_next_one_replaces_it(cel
     assert redis.get(keys.lease) == b"b:1"
     for _ in range(20):
         assert wide("flaky")["n"] == 1  # stale-if-error: the old value, never an exception
+    drain()
     assert counts(WIDE)["refresh_scheduled"] == 1  # nobody retried during the backoff
 
     redis.delete(flag("fail", "wide"))
@@ -183,7 +187,9 @@ def test_a_read_inside_a_transaction_schedules_after_the_commit(celery_worker, r
     enter_window(redis, keys.value)
     with transaction.atomic():
         assert wide("atomic")["n"] == 1
+        drain()
         assert counts(WIDE).get("refresh_scheduled", 0) == 0  # not enqueued inside the transaction
+    drain()
     assert counts(WIDE)["refresh_scheduled"] == 1
     assert worker_count(WIDE, "refresh_done") == 1
 

@@ -15,7 +15,7 @@ import pytest
 
 from cachepatterns_app import CacheAsideManager, refresh_ahead
 from cachepatterns_app.exceptions import ConfigurationError
-from cachepatterns_app.patterns.refresh_ahead import policy, xfetch_gap_ms
+from cachepatterns_app.patterns.refresh_ahead import policy, worker, xfetch_gap_ms
 from cachepatterns_app.patterns.refresh_ahead.policy import backoff_ms, refresh_due, xfetch_factor
 from cachepatterns_app.store import get_store
 from tests.ra_support import calls, keys_of, wait_filled, worker_count
@@ -121,8 +121,10 @@ def test_with_beta_a_larger_compute_time_refreshes_earlier(celery_worker, redis,
     monkeypatch.setattr(policy, "_random", lambda: 1 - math.exp(-1))  # -ln(rand) = 1: gap = delta * beta
 
     assert xfetched("fast")["n"] >= 1
+    worker.drain()
     assert counts(label).get("refresh_scheduled", 0) == 0  # 10 ms ahead of expiry: not yet
     assert xfetched("slow")["n"] >= 1
+    worker.drain()
     assert counts(label)["refresh_scheduled"] == 1  # 400 s ahead of a 300 s expiry: now
     assert worker_count(label, "refresh_done") == 1
     assert wait_until(lambda: redis.pttl(slow.value) > 300_000)  # refreshed: a fresh ten minutes

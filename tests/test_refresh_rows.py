@@ -45,6 +45,7 @@ def test_a_hot_row_near_expiry_is_reloaded_in_the_background(
 
     with django_assert_num_queries(0):
         assert Headline.objects.get(pk=headline.pk).title == "before"  # served at once
+    worker.drain()
     assert counts(LABEL)["refresh_scheduled"] == 1
     assert worker_count(LABEL, "refresh_done") == 1
     with django_assert_num_queries(0):

@@ -149,3 +149,44 @@ def test_outside_transactions_from_inside_one():
         assert worker.outside_transactions(lambda: connection.in_atomic_block) is False
         with pytest.raises(ZeroDivisionError):
             worker.outside_transactions(lambda: 1 / 0)
+
+
+@pytest.mark.django_db(transaction=True)  # outside a transaction: published after the read
+def test_a_read_never_waits_for_the_broker(redis, monkeypatch, counts):
+    import threading
+
+    stuck = threading.Event()
+    released = threading.Event()
+
+    def hung_broker(task: str, kwargs: dict[str, Any], label: str) -> None:
+        stuck.set()
+        assert released.wait(30)
+
+    monkeypatch.setattr(worker, "publish", hung_broker)
+    keys = keys_of(wide, item="broker")
+    wide("broker")
+    wait_filled(redis, keys)
+    redis.pexpire(keys.value, 5_000)
+    try:
+        assert wide("broker")["n"] == 1  # returned although the publish below hangs
+        assert stuck.wait(30)  # the publisher thread is the one waiting
+        assert wide("broker")["n"] == 1
+    finally:
+        released.set()
+    worker.drain()
+
+
+def test_a_refused_publish_is_counted_never_raised(counts):
+    from celery import Celery
+
+    from tests.celery_app import app
+
+    broken = Celery("broken", broker="redis://127.0.0.1:1/0", set_as_current=False)
+    broken.conf.broker_connection_timeout = 1
+    broken.set_current()
+    try:
+        worker.publish("refresh_key", {"name": "x", "params": {}, "token": "r:t"}, WIDE)
+    finally:
+        app.set_current()
+    assert counts(WIDE)["refresh_failed"] == 1
+    assert "refresh_scheduled" not in counts(WIDE)

@@ -117,7 +117,7 @@ def _function_claim(name: str, params: Any, alias: str, interval: float) -> Clai
         _, generation = slot.claimed(reply)
         kwargs: dict[str, Any] = {"name": name, "params": params, "using": alias, "token": token}
         kwargs["generation"] = generation or None
-        worker.schedule("refresh_key", kwargs, function.label, alias)
+        worker.publish("refresh_key", kwargs, function.label)
 
     return slot.claim(lease_lifetime_ms(), horizon, token), then
 
@@ -133,6 +133,6 @@ def _row_claim(label: str, pk: Any, alias: str, interval: float) -> Claim | None
 
     def then(reply: Any) -> None:
         kwargs = {"label": cache.label, "pk": pk, "using": alias, "token": token}
-        worker.schedule("refresh_row", kwargs, cache.label, alias)
+        worker.publish("refresh_row", kwargs, cache.label)
 
     return PlainRefresh(keys.value, keys.lease).claim(lease_lifetime_ms(), horizon, token), then

@@ -3,6 +3,12 @@ What runs around a refresh: publishing its Celery task after the read (after the
 commit, inside a transaction), and — in the worker — the begin / compute / store
 sequence with its checks, stale-if-error and backoff.
 
+Publishing goes through one background thread per process, so that no read ever
+waits for the broker: not for its first connection, not for a broker that is slow
+or down. A publish that is lost (the process exits first, the broker refuses it)
+costs nothing but time: the lease it would have used expires and a later read
+schedules again.
+
 Every step that decides whether a result may be stored is one Lua call against
 the key's lease: ``ra_begin`` (the lease is still the refresh's, the family still
 at the generation the read saw), ``ra_fill`` (the same, atomic with the ``SET``)
@@ -12,7 +18,10 @@ result computed from rows older than a concurrent write is never stored.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -27,7 +36,18 @@ from cachepatterns_app.leases import lease_lifetime_ms
 from cachepatterns_app.patterns.refresh_ahead.policy import backoff_ms
 from cachepatterns_app.store import get_store
 
-__all__ = ["DONE", "FAILED", "SKIPPED", "Job", "Skip", "outside_transactions", "run", "schedule"]
+__all__ = [
+    "DONE",
+    "FAILED",
+    "SKIPPED",
+    "Job",
+    "Skip",
+    "drain",
+    "outside_transactions",
+    "publish",
+    "run",
+    "schedule",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,29 +61,96 @@ class Skip(Exception):
     """Raised by a job's loader when there is nothing to store (the row was deleted)."""
 
 
+#: Most publishes waiting for the publisher thread (one per due key and lease lifetime).
+BACKLOG = 10_000
+
+
+class _Publisher:
+    """One thread that sends this process's refresh tasks to the broker, in order."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[str, dict[str, Any], str]] = queue.Queue(BACKLOG)
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def submit(self, task: str, kwargs: dict[str, Any], label: str) -> None:
+        if self.thread is None:
+            with self.lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(
+                        target=self.run, name="cachepatterns-publisher", daemon=True
+                    )
+                    self.thread.start()
+        try:
+            self.queue.put_nowait((task, kwargs, label))
+        except queue.Full:
+            logger.warning(
+                "Not scheduling the refresh of %s: %d refreshes wait for the broker", label, BACKLOG
+            )
+            stats.record("refresh_failed", label)
+
+    def run(self) -> None:
+        while True:
+            task, kwargs, label = self.queue.get()
+            try:
+                publish(task, kwargs, label)
+            finally:
+                self.queue.task_done()
+
+    def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for what was submitted to be sent (at exit, in tests)."""
+        deadline = time.monotonic() + timeout
+        while self.queue.unfinished_tasks and time.monotonic() < deadline and self.thread is not None:
+            time.sleep(0.005)
+
+
+_publisher = _Publisher()
+
+
+def _new_publisher() -> None:
+    # A forked child has the queue but not the thread: start afresh.
+    global _publisher
+    _publisher = _Publisher()
+
+
+os.register_at_fork(after_in_child=_new_publisher)
+atexit.register(lambda: _publisher.drain(2.0))
+
+
+def drain(timeout: float = 5.0) -> None:
+    """Wait until the refreshes submitted so far were handed to the broker (or ``timeout``)."""
+    _publisher.drain(timeout)
+
+
+def publish(task: str, kwargs: dict[str, Any], label: str) -> None:
+    """Send the Celery task ``task`` now; never raises (a lost refresh heals when its lease expires)."""
+    try:
+        from cachepatterns_app import tasks
+
+        # retry=False: with the broker down, one connection attempt, never Celery's
+        # publish retries; the lease keeps every other read from scheduling meanwhile.
+        getattr(tasks, task).apply_async(kwargs=kwargs, retry=False)
+    except Exception as e:  # noqa: BLE001 - a broker outage must never fail a read
+        logger.warning(
+            "Could not schedule the refresh of %s (%s); it is scheduled again once its lease expires",
+            label,
+            e,
+        )
+        stats.record("refresh_failed", label)
+        return
+    stats.record("refresh_scheduled", label)
+
+
 def schedule(task: str, kwargs: dict[str, Any], label: str, using: str) -> None:
     """
-    Enqueue the Celery task ``task`` once the read is over: now, or after the
-    commit of ``using`` when the read ran inside a transaction (its rollback drops
-    the refresh; the lease then expires and a later read schedules again).
+    Have the Celery task ``task`` enqueued once the read is over, by the publisher
+    thread: now, or after the commit of ``using`` when the read ran inside a
+    transaction (a rollback drops it; the lease then expires and a later read
+    schedules again).
     """
 
     def send() -> None:
-        try:
-            from cachepatterns_app import tasks
-
-            # retry=False: with the broker down, this one read pays one connection
-            # attempt, never Celery's publish retries; the lease keeps other reads away.
-            getattr(tasks, task).apply_async(kwargs=kwargs, retry=False)
-        except Exception as e:  # noqa: BLE001 - a broker outage must never fail a read
-            logger.warning(
-                "Could not schedule the refresh of %s (%s); it is scheduled again once its lease expires",
-                label,
-                e,
-            )
-            stats.record("refresh_failed", label)
-            return
-        stats.record("refresh_scheduled", label)
+        _publisher.submit(task, kwargs, label)
 
     if connections[using].in_atomic_block:
         transaction.on_commit(send, using=using)
