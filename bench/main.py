@@ -46,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the own-process runs (cachepatterns, cacheops, cachalot)",
     )
+    p.add_argument("--no-refresh", action="store_true", help="skip refresh-ahead vs cache-aside")
+    p.add_argument(
+        "--refresh-seconds",
+        type=float,
+        default=0,
+        help="seconds of reads of the refresh-ahead comparison (default 60, quick 15)",
+    )
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="the Markdown report")
     p.add_argument(
         "--profile",
@@ -167,6 +174,16 @@ def _measure(args: argparse.Namespace, rounds: int, seed_rounds: int, redis: Any
             results.update(_families(args, rounds, seed_rounds, checks, machine))
         else:
             notes.append("Family invalidation not measured: it needs `@cache_aside` (see above).")
+
+    refresh = None
+    if not args.no_refresh:
+        from bench.refresh import refresh_bench
+
+        seconds = args.refresh_seconds or (15.0 if args.quick else 60.0)
+        try:
+            refresh = refresh_bench(seconds, _say)
+        except RuntimeError as e:
+            notes.append(f"Refresh-ahead not measured: {e}")
     machine["Load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return {
         "results": results,
@@ -176,6 +193,7 @@ def _measure(args: argparse.Namespace, rounds: int, seed_rounds: int, redis: Any
         "notes": notes,
         "options": f"rounds={rounds}, seed rounds={seed_rounds}, keyspace={args.keyspace:,}",
         "keyspace": args.keyspace,
+        "refresh": refresh,
         "command": _command(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -229,14 +247,17 @@ def _progress(group: str) -> Any:
 
 def _write(run: dict[str, Any], output: Path) -> None:
     from bench.families import SIZES
-    from bench.plot import family_plot
+    from bench.plot import family_plot, latency_plot
+    from bench.refresh import refresh_verdicts
     from bench.report import evaluate, markdown, text_table
 
     results = run["results"]
-    run["verdicts"] = evaluate(results, run["checks"])
+    run["verdicts"] = evaluate(results, run["checks"]) + refresh_verdicts(run.get("refresh"))
     output.parent.mkdir(parents=True, exist_ok=True)
     plot = family_plot(results, SIZES, output.parent / "benchmarks-families", run["keyspace"])
     run["plot"] = plot.name if plot else None
+    if run.get("refresh"):
+        run["refresh_plot"] = latency_plot(run["refresh"], output.parent / "benchmarks-refresh").name
     output.write_text(markdown(run), encoding="utf-8")
     raw = ROOT / "bench" / "results"
     raw.mkdir(exist_ok=True)

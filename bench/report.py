@@ -338,6 +338,8 @@ def markdown(run: dict[str, Any]) -> str:
         out.append("")
     if run.get("plot"):
         out += ["### Family invalidation plot", "", f"![{plot_title(run['keyspace'])}]({run['plot']})", ""]
+    if run.get("refresh"):
+        out += _refresh(run)
     out += ["## Other libraries, same row and page, same run", ""]
     out += _alternatives(run)
     out += ["", METHOD]
@@ -347,6 +349,54 @@ def markdown(run: dict[str, Any]) -> str:
         out += ["", "## Notes", ""]
         out += [f"- {note}" for note in run["notes"]]
     return "\n".join(out) + "\n"
+
+
+def _refresh(run: dict[str, Any]) -> list[str]:
+    """Return the refresh-ahead section: the two variants side by side, and the plot."""
+    from bench.plot import latency_title
+    from bench.refresh import READERS
+
+    result = run["refresh"]
+    lines = [
+        f"### Refresh-ahead vs cache-aside, one hot key, TTL {result['ttl']} s (issue 11)",
+        "",
+        f"Both variants read side by side for {result['seconds']:.0f} s, {READERS} threads each, the same",
+        f"loader (one query + {result['cost'] * 1000:.0f} ms); refresh-ahead with `factor=0.2` and a Celery",
+        "worker (solo pool) recomputing in the background. A synchronous miss is a read that ran the loader",
+        "(or waited for another reader's run); loads are counted by the loader itself, in any process.",
+        "",
+    ]
+    header = [
+        "Variant",
+        "reads",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "max after the first read",
+        "synchronous misses",
+        "loads",
+        "loads per minute",
+    ]
+    rows = [
+        [
+            f"`{v['title']}`",
+            f"{v['reads']:,}",
+            fmt_ns(v["p50"]),
+            fmt_ns(v["p99"]),
+            fmt_ns(v["p999"]),
+            fmt_ns(v["max"]),
+            fmt_ns(v["max_warm"]),
+            f"{v['misses']} (+{v['waits']} waits)" if v["waits"] else str(v["misses"]),
+            str(v["loads"]),
+            f"{v['loads_per_minute']:.1f}",
+        ]
+        for v in result["variants"].values()
+    ]
+    lines += _md_table(header, rows)
+    if run.get("refresh_plot"):
+        lines += ["", f"![{latency_title(result)}]({run['refresh_plot']})"]
+    return [*lines, ""]
 
 
 def _cells(r: dict[str, Any], prefix: str, size: str) -> list[str]:

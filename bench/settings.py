@@ -14,7 +14,7 @@ import os
 
 import dj_database_url
 
-from demo_project.embedded import redis_url
+from demo_project.embedded import celery_url, redis_url
 
 SECRET_KEY = "bench-only-not-secret"
 DEBUG = False  # DEBUG=True would make every query append to connection.queries
@@ -53,6 +53,10 @@ if SCRATCH_REDIS_URL:
 # The library's defaults except the prefix: statistics, TTL jitter, JSON and the
 # circuit breaker stay on, because that is what a user gets.
 CACHEPATTERNS = {"KEY_PREFIX": "cpbench", "DEFAULT_TTL": 3600}
+
+# The refresh-ahead benchmark's worker (bench.celery_app): its broker is the bench's Redis.
+CELERY_BROKER_URL = celery_url(REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
 
 LOGGING = {
     "version": 1,
