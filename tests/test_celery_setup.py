@@ -87,7 +87,10 @@ def test_the_readme_snippet_adds_the_apps_periodic_tasks(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     schedule = json.loads(result.stdout)
     assert schedule == {
-        "cachepatterns.retry_invalidations": {"task": "cachepatterns.retry_invalidations", "schedule": 30.0}
+        "cachepatterns.retry_invalidations": {"task": "cachepatterns.retry_invalidations", "schedule": 30.0},
+        # FLUSH_INTERVAL and RECLAIM_IDLE of the settings the snippet's project uses (the defaults).
+        "cachepatterns.flush_write_behind": {"task": "cachepatterns.flush_write_behind", "schedule": 5.0},
+        "cachepatterns.reclaim_pending": {"task": "cachepatterns.reclaim_pending", "schedule": 60.0},
     }
 
 

@@ -144,7 +144,7 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             "Use 'sync' or 'raise'.",
             "E008",
         )
-    for key in ("FLUSH_INTERVAL", "BATCH_SIZE", "MAX_RETRIES", "MAX_PENDING"):
+    for key in ("FLUSH_INTERVAL", "BATCH_SIZE", "MAX_RETRIES", "MAX_PENDING", "RECLAIM_IDLE", "WARN_AFTER"):
         if not _positive(wb[key]):
             bad("WRITE_BEHIND", f"{key} is {wb[key]!r}.", "Use a positive number.", "E008")
     ra = values["REFRESH_AHEAD"]
