@@ -175,6 +175,10 @@ class Store:
         """Run one Redis command and return its reply."""
         return self.guard(lambda: self.client.execute_command(*command))
 
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run redis-py's ``client.<method>(…)`` (whose reply parsing the raw command lacks)."""
+        return self.guard(lambda: getattr(self.client, method)(*args, **kwargs))
+
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Return the values of ``keys`` (None where missing), one round trip per node."""
         if not keys:

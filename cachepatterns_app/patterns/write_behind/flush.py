@@ -258,7 +258,19 @@ def _commit(
             plain.bulk_update(updates, fields)
         if creates:
             inserting: Any = models.QuerySet(model, using=using)
+            stamped = [
+                f
+                for f in model._meta.concrete_fields
+                if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+            ]
+            queued = [{f.attname: obj.__dict__.get(f.attname) for f in stamped} for obj in creates]
             inserting.bulk_create(creates)
+            if stamped:
+                # bulk_create ran pre_save() again (auto_now: now); the row must hold
+                # what the save queued and the readers saw.
+                for obj, values in zip(creates, queued, strict=True):
+                    obj.__dict__.update(values)
+                inserting.bulk_update(creates, [f.name for f in stamped])
         if updates or creates:
             # What depends on these rows (families, multi-table relatives) changes now.
             written = [obj.pk for obj in (*updates, *creates)]

@@ -83,28 +83,28 @@ class Queue:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    def _group_call(self, *command: Any) -> Any:
+    def _group_call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return self.store.execute(*command)
+            return self.store.call(method, *args, **kwargs)
         except CacheUnavailable as e:
             if "NOGROUP" not in str(e):
                 raise
             # The stream or its group is gone (Redis restarted without them): recreate.
             logger.warning("Write-behind queue %s had no consumer group; recreated", self.keys.stream)
             self.ensure_group()
-            return self.store.execute(*command)
+            return self.store.call(method, *args, **kwargs)
 
     def read_new(self, consumer: str, count: int) -> list[Entry]:
         """Deliver up to ``count`` entries no consumer has read yet to ``consumer``."""
         reply = self._group_call(
-            "XREADGROUP", "GROUP", self.keys.GROUP, consumer, "COUNT", count, "STREAMS", self.keys.stream, ">"
+            "xreadgroup", self.keys.GROUP, consumer, {self.keys.stream: ">"}, count=count
         )
         return self._entries(reply)
 
     def read_own(self, consumer: str, count: int) -> list[Entry]:
         """Re-read the entries delivered to ``consumer`` and not acknowledged (its own backlog)."""
         reply = self._group_call(
-            "XREADGROUP", "GROUP", self.keys.GROUP, consumer, "COUNT", count, "STREAMS", self.keys.stream, "0"
+            "xreadgroup", self.keys.GROUP, consumer, {self.keys.stream: "0"}, count=count
         )
         return self._entries(reply)
 
@@ -114,12 +114,16 @@ class Queue:
         to the power of their failed deliveries (with ±20 % jitter), from any consumer.
         """
         pending = self._group_call(
-            "XPENDING", self.keys.stream, self.keys.GROUP, "IDLE", int(idle * 1000), "-", "+", count
+            "xpending_range", self.keys.stream, self.keys.GROUP, "-", "+", count, idle=int(idle * 1000)
         )
         due: list[str] = []
         deliveries: dict[str, int] = {}
-        for entry_id, _owner, idle_ms, times in pending or []:
-            entry_id = _text(entry_id)
+        for item in pending or []:
+            entry_id, idle_ms, times = (
+                _text(item["message_id"]),
+                item["time_since_delivered"],
+                item["times_delivered"],
+            )
             wait_ms = idle * 1000 * (2 ** max(0, int(times) - 1)) * random.uniform(0.8, 1.2)
             if int(idle_ms) >= min(wait_ms, 3600_000):
                 due.append(entry_id)
@@ -127,22 +131,32 @@ class Queue:
         if not due:
             return []
         claimed = self._group_call(
-            "XCLAIM", self.keys.stream, self.keys.GROUP, consumer, int(idle * 1000), *due
+            "xclaim", self.keys.stream, self.keys.GROUP, consumer, int(idle * 1000), due
         )
         entries = []
         for item in claimed or []:
-            if item is None or item[1] is None:
+            if not item or not item[1]:
                 continue  # deleted meanwhile (acknowledged by its first reader)
             entry_id = _text(item[0])
-            entries.append(Entry(entry_id, as_mapping(item[1]), deliveries.get(entry_id, 2)))
+            entries.append(Entry(entry_id, _fields(item[1]), deliveries.get(entry_id, 2)))
         return entries
 
     def _entries(self, reply: Any) -> list[Entry]:
         out: list[Entry] = []
-        for _stream, items in reply or []:
-            for entry_id, fields in items:
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])
+        for _stream, items in streams:
+            if (
+                isinstance(items, list)
+                and items
+                and isinstance(items[0], list)
+                and len(items) == 1
+                and not items[0]
+            ):
+                continue
+            for item in items:
+                entry_id, fields = item[0], item[1]
                 if fields:
-                    out.append(Entry(_text(entry_id), as_mapping(fields)))
+                    out.append(Entry(_text(entry_id), _fields(fields)))
         return out
 
     # -- after the commit ---------------------------------------------------------------
@@ -193,7 +207,7 @@ class Queue:
 
     def oldest_age(self) -> float | None:
         """Return the age in seconds of the oldest write not flushed (None: none waiting)."""
-        first = self.store.execute("XRANGE", self.keys.stream, "-", "+", "COUNT", 1)
+        first = self.store.call("xrange", self.keys.stream, "-", "+", count=1)
         if not first:
             return None
         millis = int(_text(first[0][0]).split("-")[0])
@@ -203,21 +217,26 @@ class Queue:
     def pending_summary(self) -> tuple[int, int]:
         """Return (entries delivered and not acknowledged, consumers holding some)."""
         try:
-            summary = self.store.execute("XPENDING", self.keys.stream, self.keys.GROUP)
+            summary = self.store.call("xpending", self.keys.stream, self.keys.GROUP)
         except CacheUnavailable as e:
-            if "NOGROUP" in str(e):
+            if "NOGROUP" in str(e) or "no such key" in str(e).lower():
                 return 0, 0
             raise
-        count = int(summary[0] or 0) if summary else 0
-        consumers = len(summary[3] or []) if summary and len(summary) > 3 else 0
-        return count, consumers
+        return int(summary.get("pending") or 0), len(summary.get("consumers") or [])
 
     def dead_letters(self, limit: int) -> list[tuple[str, dict[str, str]]]:
-        reply = self.store.execute("XRANGE", self.keys.dead, "-", "+", "COUNT", limit)
-        return [(_text(entry_id), as_mapping(fields)) for entry_id, fields in reply or []]
+        reply = self.store.call("xrange", self.keys.dead, "-", "+", count=limit)
+        return [(_text(entry_id), _fields(fields)) for entry_id, fields in reply or []]
 
     def dead_count(self) -> int:
         return int(self.store.execute("XLEN", self.keys.dead) or 0)
+
+
+def _fields(fields: Any) -> dict[str, str]:
+    """Return an entry's fields (redis-py parses them to a dict) as text."""
+    if isinstance(fields, dict):
+        return {_text(k): _text(v) for k, v in fields.items()}
+    return as_mapping(fields)
 
 
 def is_group_error(error: Exception) -> bool:
