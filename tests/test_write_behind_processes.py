@@ -137,21 +137,18 @@ def test_two_flushes_racing_on_one_queue_apply_each_write_once():
 
     def flush(name: str) -> None:
         gate.wait(PATIENCE)
-        from cachepatterns_app.conf import get_settings
+        results.append(flush_model(cache(), "default", consumer=name))
 
-        with override_settings(
-            CACHEPATTERNS={
-                **get_settings().raw,
-                "WRITE_BEHIND": {**get_settings().WRITE_BEHIND, "BATCH_SIZE": 97},
-            }
-        ):
-            results.append(flush_model(cache(), "default", consumer=name))
+    from django.conf import settings
 
-    workers = [Worker(lambda n=n: flush(n), name=n) for n in ("one", "two")]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.result(120)
+    # Small batches, so that the two flushes interleave batch by batch.
+    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "BATCH_SIZE": 97}
+    with cachepatterns(WRITE_BEHIND=wb):
+        workers = [Worker(lambda n=n: flush(n), name=n) for n in ("one", "two")]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.result(120)
     assert sum(r.entries for r in results) == 2020
     assert totals() == {c.pk: 100 for c in counters}
     assert queue().length() == 0
