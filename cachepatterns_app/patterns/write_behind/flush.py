@@ -300,9 +300,16 @@ def _after_commit(
     ids = [entry_id for row in rows for entry_id in row.ids]
     keys = cache.wb_keys(using)
     ttl = ttl_ms(cache.ttl)
-    commands: list[tuple[Any, ...]] = [
-        ("SCRIPT", "wb_flushed", (keys.row(pk).value,), (str(seq), ttl)) for pk, seq in applied
-    ]
+    commands: list[tuple[Any, ...]] = []
+    if applied:
+        commands.append(
+            (
+                "SCRIPT",
+                "wb_flushed",
+                tuple(keys.row(pk).value for pk, _ in applied),
+                (ttl, *(str(seq) for _, seq in applied)),
+            )
+        )
     # A write skipped as stale: the database holds something newer, which Redis must
     # not hide behind the older state (drop it unless an even newer write is queued).
     commands += [

@@ -27,7 +27,7 @@ from django.db.models.fields import NOT_PROVIDED
 
 from cachepatterns_app.codecs import RowCodec
 from cachepatterns_app.exceptions import SerializationError, WriteBehindError
-from cachepatterns_app.identity import NotCanonical, canonical, value_field
+from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, value_field
 
 __all__ = ["CLEAN", "DELETED", "DIRTY", "decode_state", "encode_fields", "stored_values"]
 
@@ -58,19 +58,8 @@ def stored_values(
     out: dict[str, Any] = {}
     for field in fields:
         value = field.pre_save(instance, adding)
-        if hasattr(value, "resolve_expression"):
-            raise WriteBehindError(
-                f"{label}.{field.name} is an expression ({value!r}): a queued write cannot know "
-                "what the database will compute. Use objects.incr(pk, field, n) for counters, "
-                "or save(sync=True) to run the expression in the database."
-            )
-        try:
-            value = _as_stored(field, value, vendor)
-        except (NotCanonical, TypeError, ValueError, decimal.InvalidOperation) as e:
-            raise WriteBehindError(
-                f"{label}.{field.name} = {value!r} is not a value the column can hold ({e}); "
-                "nothing was queued. Fix the value, or use save(sync=True) to see the database's error."
-            ) from None
+        if type(value) not in _ready(field):  # else already what the database returns
+            value = _checked(instance, field, value, vendor)
         if value is None and not field.null and not field.primary_key:
             raise WriteBehindError(
                 f"{label}.{field.name} is None but the column is NOT NULL: the flush would fail. "
@@ -84,6 +73,34 @@ def stored_values(
             )
         out[field.attname] = value
     return out
+
+
+_ready_types: dict[Field[Any, Any], frozenset[type]] = {}
+
+
+def _ready(field: Field[Any, Any]) -> frozenset[type]:
+    types = _ready_types.get(field)
+    if types is None:
+        custom = type(value_field(field)).__module__.split(".")[0] != "django"
+        types = _ready_types[field] = frozenset() if custom or field.primary_key else canonical_types(field)
+    return types
+
+
+def _checked(instance: Model, field: Field[Any, Any], value: Any, vendor: str) -> Any:
+    label = instance._meta.label
+    if hasattr(value, "resolve_expression"):
+        raise WriteBehindError(
+            f"{label}.{field.name} is an expression ({value!r}): a queued write cannot know "
+            "what the database will compute. Use objects.incr(pk, field, n) for counters, "
+            "or save(sync=True) to run the expression in the database."
+        )
+    try:
+        return _as_stored(field, value, vendor)
+    except (NotCanonical, TypeError, ValueError, decimal.InvalidOperation) as e:
+        raise WriteBehindError(
+            f"{label}.{field.name} = {value!r} is not a value the column can hold ({e}); "
+            "nothing was queued. Fix the value, or use save(sync=True) to see the database's error."
+        ) from None
 
 
 def _as_stored(field: Field[Any, Any], value: Any, vendor: str) -> Any:
@@ -120,13 +137,16 @@ def _rounded(field: Any, value: Any, vendor: str) -> decimal.Decimal:
     return rounded
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
     """Return ``[attname, json, …]`` hash field pairs for ``values``."""
     out: list[str] = []
     for attname, value in values.items():
         try:
             plain = codec.encode_field(attname, value)
-            out += [attname, json.dumps(plain, separators=(",", ":"), ensure_ascii=False)]
+            out += [attname, _dumps(plain)]
         except (TypeError, ValueError, AttributeError, SerializationError) as e:
             raise WriteBehindError(f"Cannot queue {codec.label}.{attname} = {value!r}: {e}") from e
     return out
