@@ -444,3 +444,27 @@ def test_nothing_of_a_queued_write_waits_for_a_transaction():
         counter.save()
     assert Counter.objects.get(pk=counter.pk).name == "outside"
     assert Entry("1-0", {"~s": "5"}).seq == 5
+
+
+def test_a_worker_shutting_down_finishes_what_it_was_handed():
+    from cachepatterns_app.patterns.write_behind.queue import consumer_name
+
+    counter = Counter(name="held")
+    counter.save()
+    held = cache(Counter).queue("default").read_new(consumer_name(), 10)  # handed, not applied
+    assert len(held) == 1
+    assert flush_model(cache(Counter), "default").rows == 0  # a plain flush leaves it to its holder
+    assert operations.drain() == 1
+    assert in_db(Counter, counter.pk).name == "held"
+
+
+def test_an_old_waiting_write_is_logged_at_warning(caplog):
+    from django.conf import settings
+
+    Counter(name="waiting").save()
+    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "WARN_AFTER": 0.000001}
+    logger = "cachepatterns_app.patterns.write_behind.flush"
+    with cachepatterns(WRITE_BEHIND=wb), caplog.at_level("WARNING", logger=logger):
+        cache(Counter).queue("default").read_new("elsewhere", 10)  # held by another worker
+        flush_model(cache(Counter), "default")
+    assert any("oldest waiting write" in r.getMessage() for r in caplog.records if r.name == logger)
