@@ -159,6 +159,15 @@ def _measure(args: argparse.Namespace, rounds: int, seed_rounds: int, redis: Any
     write_rounds = max(50, rounds // 3)
     _say(f"save(): {write_rounds} rounds")
     results.update(measure(rows.write_variants(), write_rounds, max(10, write_rounds // 20)))
+    from bench.write_behind import WriteBehindBench
+
+    wb = WriteBehindBench()
+    _say(f"write-behind save(): {write_rounds} rounds")
+    results.update(measure(wb.save_variants(), write_rounds, max(10, write_rounds // 20)))
+    wb.drain()
+    _say("write-behind flush: per-row cost of 500-row batches")
+    results["wb_flush_row"] = wb.flush_per_row(5 if args.quick else 20, 500)
+    checks.update(wb.workers((1, 2, 4), 5000 if args.quick else 20000, _say))
 
     alternatives = []
     if not args.no_alternatives:

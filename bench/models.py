@@ -9,11 +9,13 @@ run; there are no migrations because nothing here outlives a run.
 
 from __future__ import annotations
 
+import uuid
 from typing import ClassVar
 
 from django.db import models
 
-from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
+from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteBehindManager, WriteThroughManager
+from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
 
 __all__ = [
     "BENCH_MODELS",
@@ -24,6 +26,7 @@ __all__ = [
     "PlainProfile",
     "Post",
     "Profile",
+    "QueuedAuthor",
 ]
 
 
@@ -91,6 +94,14 @@ class PlainLedger(AuthorFields):
     objects: ClassVar[models.Manager[PlainLedger]] = models.Manager()
 
 
+class QueuedAuthor(AuthorFields, WriteBehindModel):
+    """Write-behind: ``save()`` queues the row in Redis; the flush writes it in batches."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+
+    objects = WriteBehindManager(ttl=3600)
+
+
 class Post(models.Model):
     """The seed's posts, paginated per author by the ``@cache_aside`` page function."""
 
@@ -116,5 +127,6 @@ BENCH_MODELS: list[type[models.Model]] = [
     PlainProfile,
     Ledger,
     PlainLedger,
+    QueuedAuthor,
     Post,
 ]

@@ -53,6 +53,14 @@ ROWS: list[tuple[str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "Write-behind (issue 10)",
+        [
+            ("wb_plain_save", "wb_plain_save"),
+            ("wb_save", "wb_plain_save"),
+            ("wb_flush_row", "wb_plain_save"),
+        ],
+    ),
+    (
         "Family invalidation, 1,000,000-key keyspace on a private Redis (issue 3)",
         [
             ("family_10", "family_10"),
@@ -111,6 +119,15 @@ TARGETS = [
     Target(7, "miss with canonical identity ≤ 1.9x uncached ORM get", "miss", "orm_get", 1.9),
     Target(
         8, "write-through save() of plain fields ≤ 1.6x plain save()", "wt_save", "plain_versioned_save", 1.6
+    ),
+    Target(10, "write-behind save() ≤ 0.35x plain save()", "wb_save", "wb_plain_save", 0.35),
+    Target(
+        10,
+        "flush throughput ≥ 8x single save() per row (plain save / flush cost per row)",
+        "wb_plain_save",
+        "wb_flush_row",
+        8.0,
+        at_least=True,
     ),
     Target(
         4,

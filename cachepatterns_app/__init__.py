@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 __all__ = [
     "CacheAsideManager",
     "InvalidatingManager",
+    "WriteBehindManager",
     "WriteThroughManager",
     "cache_aside",
+    "flush_write_behind",
     "invalidate",
     "invalidate_family",
     "refresh_ahead",
@@ -28,6 +30,8 @@ _LAZY = {
     "CacheAsideManager": "cachepatterns_app.managers",
     "InvalidatingManager": "cachepatterns_app.managers",
     "WriteThroughManager": "cachepatterns_app.managers",
+    "WriteBehindManager": "cachepatterns_app.managers",
+    "flush_write_behind": "cachepatterns_app.operations",
     "cache_aside": "cachepatterns_app.decorators",
     "write_through": "cachepatterns_app.decorators",
     "refresh_ahead": "cachepatterns_app.decorators",
@@ -37,8 +41,13 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from cachepatterns_app.decorators import cache_aside, refresh_ahead, write_through
-    from cachepatterns_app.managers import CacheAsideManager, InvalidatingManager, WriteThroughManager
-    from cachepatterns_app.operations import invalidate, invalidate_family
+    from cachepatterns_app.managers import (
+        CacheAsideManager,
+        InvalidatingManager,
+        WriteBehindManager,
+        WriteThroughManager,
+    )
+    from cachepatterns_app.operations import flush_write_behind, invalidate, invalidate_family
 
 
 def __getattr__(name: str) -> Any:

@@ -28,10 +28,21 @@ logger = logging.getLogger(__name__)
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
     """Return the periodic task entries the app needs, keyed by entry name."""
+    from cachepatterns_app.conf import get_settings
+
+    write_behind = get_settings().WRITE_BEHIND
     return {
         "cachepatterns.retry_invalidations": {
             "task": "cachepatterns.retry_invalidations",
             "schedule": 30.0,
+        },
+        "cachepatterns.flush_write_behind": {
+            "task": "cachepatterns.flush_write_behind",
+            "schedule": float(write_behind["FLUSH_INTERVAL"]),
+        },
+        "cachepatterns.reclaim_pending": {
+            "task": "cachepatterns.reclaim_pending",
+            "schedule": float(write_behind["RECLAIM_IDLE"]),
         },
         # The interval is passed too: a key is refreshed if it would expire before the next run.
         "cachepatterns.refresh_hot_keys": {
@@ -56,7 +67,15 @@ def _after_task(**kwargs: Any) -> None:
 
 def _at_process_shutdown(**kwargs: Any) -> None:
     from cachepatterns_app import stats
+    from cachepatterns_app.exceptions import CachePatternsError
+    from cachepatterns_app.patterns.write_behind.operations import drain
 
+    try:
+        # A warm shutdown finishes what this process was handed: nothing of it waits
+        # for RECLAIM_IDLE before another worker takes it over.
+        drain()
+    except (CachePatternsError, Exception) as e:  # noqa: BLE001 - shutdown must go on
+        logger.warning("Write-behind drain at shutdown failed: %s", e)
     stats.ship_at_exit()
 
 

@@ -47,5 +47,8 @@ class RowChange:
     update_fields: Any = None
     #: False: only drop cached copies (write-through would otherwise put fresh rows).
     refresh: bool = True
+    #: False: the rows' own row caches are not told (the write-behind flush writes rows
+    #: whose state in Redis it manages itself); what depends on them still is.
+    own: bool = True
     #: Rows of multi-table descendants before the write, by model (their families).
     descendants_old: dict[type[Model], list[Model]] = field(default_factory=dict)

@@ -48,6 +48,11 @@ DEFAULTS: dict[str, Any] = {
         "MAX_RETRIES": 8,
         "MAX_PENDING": 1_000_000,
         "ON_CACHE_FAILURE": "sync",
+        # Not in the original contract: seconds an entry delivered to a worker may stay
+        # unacknowledged before another worker reclaims it (the first worker died), and
+        # the age of the oldest waiting write that is logged at WARNING.
+        "RECLAIM_IDLE": 60,
+        "WARN_AFTER": 60,
     },
     "REFRESH_AHEAD": {"FACTOR": 0.2, "XFETCH_BETA": 0.0},
 }

@@ -28,6 +28,7 @@ import datetime
 import decimal
 import hashlib
 import unicodedata
+import uuid
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -38,7 +39,15 @@ from django.utils import timezone
 
 from cachepatterns_app.conf import get_settings
 
-__all__ = ["NotCanonical", "canonical", "database_identity", "fold", "text_is_exact", "value_field"]
+__all__ = [
+    "NotCanonical",
+    "canonical",
+    "canonical_types",
+    "database_identity",
+    "fold",
+    "text_is_exact",
+    "value_field",
+]
 
 
 class NotCanonical(ValueError):
@@ -181,3 +190,27 @@ def fold(text: str) -> str:
         if not unicodedata.combining(ch) and unicodedata.category(ch) not in ("Cf", "Cc")
     )
     return kept.casefold().translate(_EXPANSIONS).rstrip(" ")
+
+
+def canonical_types(field: Field[Any, Any]) -> frozenset[type]:
+    """Return the types a value of ``field`` already has when it is canonical (no conversion)."""
+    target = value_field(field)
+    if isinstance(target, models.DateTimeField):
+        return frozenset()  # time zone and precision need the conversion
+    for kinds, types in _READY:
+        if isinstance(target, kinds):
+            return types
+    return frozenset()
+
+
+_READY: list[tuple[Any, frozenset[type]]] = [
+    (models.BooleanField, frozenset({bool})),
+    (models.IntegerField | models.AutoField, frozenset({int})),
+    (models.FloatField, frozenset({float})),
+    (models.CharField | models.TextField, frozenset({str})),
+    (models.UUIDField, frozenset({uuid.UUID})),
+    (models.DurationField, frozenset({datetime.timedelta})),
+    (models.DateField, frozenset({datetime.date})),
+    (models.TimeField, frozenset({datetime.time})),
+    (models.BinaryField, frozenset({bytes})),
+]

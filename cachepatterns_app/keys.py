@@ -12,6 +12,9 @@ Layout (``cp`` is ``KEY_PREFIX``; ``<db>`` is the database identity token of
     cp:{f:<db>:user:1:posts}:v:<gen>:<member>   a family member's value
     cp:{f:<db>:user:1:posts}:l:<gen>:<member>   its fill lease
     cp:{k:<db>:<key>}  cp:{k:<db>:<key>}:l  cp:{k:<db>:<key>}:v   a decorated key outside families
+    cp:{wb:<db>:app.model}:r:42    a write-behind row's state (a hash; no TTL while dirty)
+    cp:{wb:<db>:app.model}:q       the model's write-behind queue (a Stream), :seq its sequence,
+                                   :dlq its dead letters, :e entry errors, :t the early-flush mark
     <value key>:m                       refresh-ahead meta: "<compute ms>[,<failures>]"
     cp:{f:<db>:user:1:posts}:m:<gen>:<member>   the same for a family member (built in Lua)
     cp:{ra:<db>}:hot                    refresh-ahead hot set (sampled read counts, capped)
@@ -62,6 +65,7 @@ __all__ = [
     "plain_keys",
     "row_keys",
     "unique_key",
+    "write_behind_keys",
 ]
 
 _SAFE = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -308,3 +312,37 @@ class KeyTemplate:
 
 def _has_separator(literal: str) -> bool:
     return any(not (ch.isascii() and (ch.isalnum() or ch in "_.@-")) for ch in literal)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBehindKeys:
+    """
+    The keys of one write-behind model in one database. They share one hash tag,
+    so that a save (the row's state, the sequence and the queue entry) is one atomic
+    Lua call on Redis Cluster too: a model's write-behind rows live in one slot.
+    """
+
+    base: str
+    #: The durable queue (a Redis Stream; its consumer group is ``GROUP``).
+    stream: str
+    #: The sequence every write of the model draws from (orders writes per row).
+    seq: str
+    #: Dead letters: writes that kept failing, with their error.
+    dead: str
+    #: Marks that a flush was triggered early (so a backlog triggers it once).
+    trigger: str
+    #: Failure counts and last errors of queue entries, by entry id.
+    errors: str
+
+    GROUP = "cachepatterns"
+
+    def row(self, pk: Any) -> RowKeys:
+        """Return the keys of row ``pk`` (already canonical): its state hash and its fill lease."""
+        part = str(pk) if type(pk) is int else key_part(pk, "pk")
+        return RowKeys(f"{self.base}:r:{part}", f"{self.base}:l:{part}", f"{self.base}:r:{part}")
+
+
+def write_behind_keys(label: str, db: str) -> WriteBehindKeys:
+    """Return the write-behind keys of model ``label`` in database ``db``."""
+    base = _tagged(f"wb:{db}:{label}")
+    return WriteBehindKeys(base, base + ":q", base + ":seq", base + ":dlq", base + ":t", base + ":e")

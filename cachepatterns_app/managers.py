@@ -44,6 +44,8 @@ __all__ = [
     "CachedQuerySet",
     "InvalidatingManager",
     "InvalidatingQuerySet",
+    "WriteBehindManager",
+    "WriteBehindQuerySet",
     "WriteThroughManager",
 ]
 
@@ -454,3 +456,72 @@ class WriteThroughManager(CacheAsideManager):
         from cachepatterns_app.patterns.write_through import WriteThroughRowCache
 
         return WriteThroughRowCache(model, ttl=self.ttl, version_field=self.version_field)
+
+
+class WriteBehindQuerySet(CachedQuerySet[M]):
+    """The queryset of a write-behind model: reads see queued writes; bulk writes are ordered after them."""
+
+    def bulk_create(self, objs: Iterable[M], *args: Any, **kwargs: Any) -> list[M]:
+        """Insert ``objs`` now, ordered after every write already queued for their rows."""
+        from cachepatterns_app.patterns.write_behind.rows import _UNAVAILABLE, SEQ_FIELD, _take_seq
+
+        objs = list(objs)
+        cache = row_cache_for(self.model)
+        if cache is not None and objs:
+            seq = _take_seq(cache, self._write_db())  # type: ignore[arg-type]
+            if seq != _UNAVAILABLE:
+                for obj in objs:
+                    setattr(obj, SEQ_FIELD, seq)
+        return super().bulk_create(objs, *args, **kwargs)
+
+    bulk_create.alters_data = True  # type: ignore[attr-defined]
+
+    def incr(self, pk: Any, field: str, amount: int = 1) -> int:
+        """Add ``amount`` to integer column ``field`` of row ``pk`` in Redis (queued); return it."""
+        return _write_behind_cache(self.model).incr(pk, field, amount, using=_db(self))  # type: ignore[no-any-return]
+
+    def flushed(self) -> WriteBehindQuerySet[M]:
+        """Flush this model's queued writes to the database now, then return this queryset."""
+        from cachepatterns_app.patterns.write_behind.operations import flush
+
+        flush(self.model)
+        return self._chain()  # type: ignore[attr-defined,no-any-return]
+
+
+def _write_behind_cache(model: type[Model]) -> Any:
+    from cachepatterns_app.patterns.write_behind.rows import WriteBehindRowCache
+
+    cache = row_cache_for(model)
+    if not isinstance(cache, WriteBehindRowCache):
+        raise ConfigurationError(f"{model.__name__} has no WriteBehindManager.")
+    return cache
+
+
+class WriteBehindManager(CacheAsideManager):
+    """
+    Queue saves and deletes of ``WriteBehindModel`` rows in Redis and flush them to the
+    database later (Celery). ``get(pk=…)`` sees the latest queued write.
+
+    ``sync_creates=True`` lets a model whose primary key the database assigns
+    (auto-increment) create rows synchronously; its later saves are queued.
+    """
+
+    _queryset_class = WriteBehindQuerySet
+
+    def __init__(self, ttl: int | None = UNSET, sync_creates: bool = False) -> None:
+        super().__init__(ttl=ttl)
+        self.sync_creates = sync_creates
+        self._constructor_args = ((), {**self._options(), "sync_creates": sync_creates})
+
+    def make_row_cache(self, model: type[Model]) -> RowCache:
+        from cachepatterns_app.patterns.write_behind.rows import WriteBehindRowCache
+
+        return WriteBehindRowCache(model, ttl=self.ttl, sync_creates=self.sync_creates)
+
+    def incr(self, pk: Any, field: str, amount: int = 1) -> int:
+        """Add ``amount`` to integer column ``field`` of row ``pk`` in Redis (queued); return it."""
+        return self.get_queryset().incr(pk, field, amount)  # type: ignore[no-any-return]
+
+    def flushed(self) -> Any:
+        """Flush this model's queued writes now; return a queryset that sees them (filters, counts)."""
+        return self.get_queryset().flushed()

@@ -4,14 +4,16 @@ The app's models.
 ``Stats`` has no table: it exists so that the admin has a page for cache
 statistics and a permission (``cachepatterns_app.view_cachestats``) to guard it.
 ``PendingInvalidation`` is the durable copy of invalidations that could not reach
-Redis (see ``pending``).
+Redis (see ``pending``). ``WriteBehindModel`` is the abstract base of models saved
+write-behind; ``WriteBehindTombstone`` remembers the sequence of flushed deletes,
+so that an older write delivered again cannot bring a deleted row back.
 """
 
 from __future__ import annotations
 
 from django.db import models
 
-__all__ = ["PendingInvalidation", "Stats"]
+__all__ = ["PendingInvalidation", "Stats", "WriteBehindFence", "WriteBehindModel", "WriteBehindTombstone"]
 
 
 class Stats(models.Model):
@@ -42,3 +44,42 @@ class PendingInvalidation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label}: {self.command}"
+
+
+class WriteBehindTombstone(models.Model):
+    """The write-behind sequence at which a row was deleted."""
+
+    label = models.CharField(max_length=255)
+    pk_text = models.CharField(max_length=255)
+    seq = models.BigIntegerField()
+    created = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        default_permissions = ("view",)
+        verbose_name = "write-behind tombstone"
+        constraints = [models.UniqueConstraint(fields=["label", "pk_text"], name="cp_wb_tombstone_row")]
+
+    def __str__(self) -> str:
+        return f"{self.label}:{self.pk_text} deleted at {self.seq}"
+
+
+class WriteBehindFence(models.Model):
+    """A row written to the database directly while Redis was unreachable (see write_behind.model)."""
+
+    label = models.CharField(max_length=255)
+    db_alias = models.CharField(max_length=100)
+    pk_text = models.CharField(max_length=255)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_permissions = ("view",)
+        verbose_name = "write-behind fence"
+        constraints = [
+            models.UniqueConstraint(fields=["label", "db_alias", "pk_text"], name="cp_wb_fence_row")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label}:{self.pk_text} on {self.db_alias}"
+
+
+from cachepatterns_app.patterns.write_behind.model import WriteBehindModel  # noqa: E402

@@ -19,7 +19,7 @@ from cachepatterns_app.families import Family
 from cachepatterns_app.rows import resolve_pks
 from cachepatterns_app.writes import record
 
-__all__ = ["invalidate", "invalidate_family"]
+__all__ = ["flush_write_behind", "invalidate", "invalidate_family"]
 
 
 def invalidate(target: Model | type[Model], *pks: Any, using: str | None = None) -> None:
@@ -48,3 +48,15 @@ def invalidate_family(template: str, *, using: str | None = None, **params: Any)
     """Invalidate every cached member of the family ``template`` names with ``params``."""
     db = using or "default"
     after_commit([Family(template).bump(params, db)], db)
+
+
+def flush_write_behind(model: Any = None, wait: bool = True) -> int:
+    """
+    Flush the write-behind queue (of ``model`` — a class or ``"app.model"`` — or of every
+    write-behind model) to the database now, and return how many rows were written;
+    ``wait=False`` schedules the ``cachepatterns.flush_write_behind`` task instead.
+    Queries through SQL (filters, counts, admin lists) see queued writes only after it.
+    """
+    from cachepatterns_app.patterns.write_behind.operations import flush
+
+    return flush(model, wait=wait)

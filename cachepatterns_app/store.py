@@ -1,8 +1,9 @@
 """
 The only module that talks to Redis.
 
-It borrows django-redis's client for ``CACHE_ALIAS`` (so the pools and options
-configured in ``CACHES`` are reused), runs the Lua scripts in
+It borrows the redis-py client of the Redis cache ``CACHE_ALIAS`` — django-redis's
+or Django's own ``RedisCache`` — so the pools and options configured in ``CACHES``
+are reused, runs the Lua scripts in
 ``lua/`` by SHA (loaded once, reloaded after a server restart), and puts a
 circuit breaker in front of every call: a connection failure or timeout raises
 :class:`~cachepatterns_app.exceptions.CacheUnavailable`, and while the breaker is
@@ -175,6 +176,10 @@ class Store:
         """Run one Redis command and return its reply."""
         return self.guard(lambda: self.client.execute_command(*command))
 
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run redis-py's ``client.<method>(…)`` (whose reply parsing the raw command lacks)."""
+        return self.guard(lambda: getattr(self.client, method)(*args, **kwargs))
+
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Return the values of ``keys`` (None where missing), one round trip per node."""
         if not keys:
@@ -299,11 +304,15 @@ def _django_redis_client(alias: str) -> Any:
             f"CACHEPATTERNS['CACHE_ALIAS'] is {alias!r}, which is not a usable cache in "
             f"CACHES ({e}). Add it, or point CACHE_ALIAS at your django-redis cache."
         ) from e
+    # django-redis exposes its client as .client, Django's own RedisCache as ._cache;
+    # both hand out the redis-py client of the pool CACHES configured.
     client = getattr(backend, "client", None)
     if client is None or not hasattr(client, "get_client"):
+        client = getattr(backend, "_cache", None)
+    if client is None or not hasattr(client, "get_client"):
         raise ConfigurationError(
-            f"Cache {alias!r} is not a django-redis cache; set its BACKEND to "
-            "'django_redis.cache.RedisCache'."
+            f"Cache {alias!r} is not a Redis cache; set its BACKEND to "
+            "'django_redis.cache.RedisCache' or 'django.core.cache.backends.redis.RedisCache'."
         )
     return client.get_client(write=True)
 

@@ -13,9 +13,15 @@ from celery import shared_task
 
 from cachepatterns_app import invalidation
 from cachepatterns_app.celery import connect_signals
-from cachepatterns_app.patterns import refresh_ahead
 
-__all__ = ["refresh_hot_keys", "refresh_key", "refresh_row", "retry_invalidations"]
+__all__ = [
+    "flush_write_behind",
+    "reclaim_pending",
+    "refresh_hot_keys",
+    "refresh_key",
+    "refresh_row",
+    "retry_invalidations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +39,34 @@ def retry_invalidations() -> int:
     return invalidation.retry_failed()
 
 
+@shared_task(name="cachepatterns.flush_write_behind")
+def flush_write_behind(model: str | None = None, using: str | None = None) -> int:
+    """
+    Flush the write-behind queue of ``model`` (``"app.model"``; None: every write-behind
+    model) to the database. Beat runs it every ``FLUSH_INTERVAL`` seconds; a save that
+    finds ``BATCH_SIZE`` writes waiting triggers it early. Return the rows written.
+    """
+    from cachepatterns_app.patterns.write_behind.operations import flush
+
+    invalidation.retry_failed()  # fences recorded during an outage come first
+    return flush(model, using=using)
+
+
+@shared_task(name="cachepatterns.reclaim_pending")
+def reclaim_pending() -> int:
+    """
+    Apply the queued writes that a worker was handed and never acknowledged (it died,
+    or the write failed and its backoff is over). Return the rows written.
+    """
+    from cachepatterns_app.patterns.write_behind.flush import flush_model
+    from cachepatterns_app.patterns.write_behind.operations import caches
+
+    written = 0
+    for cache in caches():
+        written += flush_model(cache, cache.db_for(), max_batches=0).rows
+    return written
+
+
 @shared_task(name="cachepatterns.refresh_key")
 def refresh_key(
     name: str, params: dict[str, Any], using: str = "default", token: str = "", generation: str | None = None
@@ -43,12 +77,16 @@ def refresh_key(
     this (``token`` is the refresh lease that read took). Return "done", "skipped"
     or "failed"; never raises for a failing loader (the old value stays).
     """
-    return refresh_ahead.refresh_function(name, params, using, token, generation)
+    from cachepatterns_app.patterns.refresh_ahead import refresh_function
+
+    return refresh_function(name, params, using, token, generation)
 
 
 @shared_task(name="cachepatterns.refresh_row")
 def refresh_row(label: str, pk: Any, using: str, token: str) -> str:
     """Reload row ``pk`` of the model ``label`` (``CacheAsideManager(refresh_ahead=…)``) and store it."""
+    from cachepatterns_app.patterns import refresh_ahead
+
     return refresh_ahead.refresh_row(label, pk, using, token)
 
 
@@ -58,4 +96,6 @@ def refresh_hot_keys(interval: float = 10.0) -> int:
     Schedule refreshes of the hottest refresh-ahead keys that would expire before
     the next run (``interval`` seconds, as scheduled); return how many.
     """
-    return refresh_ahead.refresh_hot_keys(interval)
+    from cachepatterns_app.patterns.refresh_ahead import refresh_hot_keys as refresh
+
+    return refresh(interval)

@@ -80,6 +80,8 @@ def record(change: RowChange) -> None:
     labels: list[str] = []
     if change.kind != LINK:
         for relation, cache in affected_caches(change.model):
+            if not change.own and relation == SELF:
+                continue
             labels.append(cache.label)
             callback = _row_work(cache, relation, change, commands)
             if callback is not None:

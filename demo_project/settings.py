@@ -140,3 +140,7 @@ LOGGING = {
         "cachepatterns_app": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }
+
+# The demo's Redis keeps nothing on disk on purpose (a demo): W010 would say so before
+# every command. A deployment using write-behind should heed it (README, write-behind).
+SILENCED_SYSTEM_CHECKS = ["cachepatterns.W010"]

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django_redis import get_redis_connection
 
 from cachepatterns_app import invalidation, stats, store
 
@@ -15,7 +14,8 @@ from cachepatterns_app import invalidation, stats, store
 @pytest.fixture
 def redis() -> Any:
     """The raw redis-py client of the test Redis database."""
-    return get_redis_connection("default")
+    # Through the app's own store: the same client on django-redis and Django's RedisCache.
+    return store.get_store("default").client
 
 
 @pytest.fixture(autouse=True)

@@ -192,11 +192,22 @@ def _free_port() -> int:
 class PrivateRedis:
     """A ``redis-server`` of this test's own, on a free loopback port."""
 
-    def __init__(self) -> None:
-        from demo_project.embedded import redis_server_binary
-
+    def __init__(self, *options: str) -> None:
         self.port = _free_port()
         self.dir = tempfile.mkdtemp(prefix="cp-redis-")
+        #: Extra server options, e.g. ("--appendonly", "yes", "--appendfsync", "everysec").
+        self.options = options or ("--appendonly", "no")
+        self.paused = False
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.client = redis_py.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=PATIENCE, client_name=OBSERVER
+        )
+        self.start()
+
+    def start(self) -> None:
+        """Start the server (again: same port, same directory, so what it persisted is back)."""
+        from demo_project.embedded import redis_server_binary
+
         self.process = subprocess.Popen(
             [
                 redis_server_binary(),
@@ -206,28 +217,27 @@ class PrivateRedis:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
                 "--dir",
                 self.dir,
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.paused = False
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.client = redis_py.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=PATIENCE, client_name=OBSERVER
-        )
         deadline = time.monotonic() + PATIENCE
         while True:
-            with contextlib.suppress(redis_py.ConnectionError):
+            with contextlib.suppress(redis_py.ConnectionError, redis_py.exceptions.BusyLoadingError):
                 if self.client.ping():
                     break
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError("private redis-server did not start")
             time.sleep(0.02)
+
+    def crash(self) -> None:
+        """Kill the server with SIGKILL (no shutdown, no last fsync), keeping its files."""
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
 
     def caches(self, socket_timeout: float = 0.5) -> dict[str, Any]:
         """Return a ``CACHES`` setting pointing the default cache at this server."""

@@ -93,6 +93,15 @@ def test_the_readme_snippet_adds_the_apps_periodic_tasks(tmp_path: Path) -> None
         "task": "cachepatterns.retry_invalidations",
         "schedule": 30.0,
     }
+    # FLUSH_INTERVAL and RECLAIM_IDLE of the settings the snippet's project uses (the defaults).
+    assert schedule["cachepatterns.flush_write_behind"] == {
+        "task": "cachepatterns.flush_write_behind",
+        "schedule": 5.0,
+    }
+    assert schedule["cachepatterns.reclaim_pending"] == {
+        "task": "cachepatterns.reclaim_pending",
+        "schedule": 60.0,
+    }
     assert schedule["cachepatterns.refresh_hot_keys"] == {
         "task": "cachepatterns.refresh_hot_keys",
         "schedule": 10.0,

@@ -33,6 +33,8 @@ def test_defaults_match_the_documented_contract() -> None:
             "MAX_RETRIES": 8,
             "MAX_PENDING": 1_000_000,
             "ON_CACHE_FAILURE": "sync",
+            "RECLAIM_IDLE": 60,
+            "WARN_AFTER": 60,
         },
         "REFRESH_AHEAD": {"FACTOR": 0.2, "XFETCH_BETA": 0.0},
     }

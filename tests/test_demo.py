@@ -101,6 +101,7 @@ def _story(out: str) -> str:
     story = re.sub(r"[\d.]+ ms", "N ms", story)
     story = re.sub(r"written at \d\d:\d\d:\d\d", "written at T", story)
     story = re.sub(r"post #\d+ '", "post #N '", story)
+    story = re.sub(r"\(pid \d+\)", "(pid N)", story)
     return re.sub(r"version \d+", "version N", story)
 
 

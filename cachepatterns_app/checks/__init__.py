@@ -22,6 +22,7 @@ from cachepatterns_app.checks.settings import (
     check_redis_reachable,
     check_settings,
 )
+from cachepatterns_app.checks.write_behind import check_write_behind_models, check_write_behind_redis
 
 __all__ = [
     "ALL",
@@ -33,6 +34,8 @@ __all__ = [
     "check_models",
     "check_redis_reachable",
     "check_settings",
+    "check_write_behind_models",
+    "check_write_behind_redis",
 ]
 
 Check = Callable[..., list[CheckMessage]]
@@ -45,6 +48,8 @@ ALL: list[Check] = [
     check_models,
     check_functions,
     check_isolation,
+    check_write_behind_models,
+    check_write_behind_redis,
 ]
 
 #: Checks that query the databases (Django's ``database`` tag).

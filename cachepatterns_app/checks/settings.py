@@ -144,7 +144,7 @@ def _check_values(values: dict[str, Any]) -> list[CheckMessage]:
             "Use 'sync' or 'raise'.",
             "E008",
         )
-    for key in ("FLUSH_INTERVAL", "BATCH_SIZE", "MAX_RETRIES", "MAX_PENDING"):
+    for key in ("FLUSH_INTERVAL", "BATCH_SIZE", "MAX_RETRIES", "MAX_PENDING", "RECLAIM_IDLE", "WARN_AFTER"):
         if not _positive(wb[key]):
             bad("WRITE_BEHIND", f"{key} is {wb[key]!r}.", "Use a positive number.", "E008")
     ra = values["REFRESH_AHEAD"]
@@ -173,6 +173,9 @@ def _positive(value: Any) -> bool:
     return _number(value) and value > 0
 
 
+DJANGO_REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
+
+
 def check_cache(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Check that ``CACHE_ALIAS`` names a django-redis cache with socket timeouts."""
     if not isinstance(getattr(settings, "CACHEPATTERNS", {}), dict):
@@ -190,21 +193,29 @@ def check_cache(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         ]
     config = caches[alias]
     backend = str(config.get("BACKEND", ""))
-    if not backend.startswith("django_redis."):
+    django_own = backend == DJANGO_REDIS_CACHE
+    if not backend.startswith("django_redis.") and not django_own:
         return [
             Error(
-                f"Cache {alias!r} uses {backend!r}, not django-redis.",
-                hint="Set its BACKEND to 'django_redis.cache.RedisCache' (cachepatterns needs "
-                "Lua scripts and the raw Redis client).",
+                f"Cache {alias!r} uses {backend!r}, not a Redis cache.",
+                hint="Set its BACKEND to 'django_redis.cache.RedisCache' or Django's own "
+                f"{DJANGO_REDIS_CACHE!r} (cachepatterns needs Lua scripts and the raw Redis client).",
                 id="cachepatterns.E004",
             )
         ]
     messages: list[CheckMessage] = []
     options = config.get("OPTIONS", {})
-    if not options.get("SOCKET_TIMEOUT") or not options.get("SOCKET_CONNECT_TIMEOUT"):
+    # django-redis spells them SOCKET_TIMEOUT; Django's RedisCache passes OPTIONS to
+    # redis-py's pool as they are: socket_timeout.
+    names = (
+        ("socket_timeout", "socket_connect_timeout")
+        if django_own
+        else ("SOCKET_TIMEOUT", "SOCKET_CONNECT_TIMEOUT")
+    )
+    if not all(options.get(name) for name in names):
         messages.append(
             Warning(
-                f"Cache {alias!r} has no SOCKET_TIMEOUT/SOCKET_CONNECT_TIMEOUT.",
+                f"Cache {alias!r} has no {names[0]}/{names[1]}.",
                 hint="Without them a hung Redis hangs every request that reads the cache; set "
                 "both in OPTIONS (e.g. 0.5 seconds). The circuit breaker then limits the "
                 "cost of an outage to one timeout per cooldown.",

@@ -17,9 +17,7 @@ same reply. Elsewhere the row is read back: inside a transaction only its versio
 
 from __future__ import annotations
 
-import datetime
 import logging
-import uuid
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any
@@ -31,7 +29,7 @@ from django.db.models.fields import NOT_PROVIDED
 
 from cachepatterns_app import stats
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
-from cachepatterns_app.identity import NotCanonical, canonical, value_field
+from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, value_field
 from cachepatterns_app.invalidation import Command, queue_for_retry, send
 from cachepatterns_app.keys import RowKeys
 from cachepatterns_app.leases import UNSET, companion_ttl_ms, ttl_ms
@@ -250,7 +248,7 @@ class WriteThroughRowCache(RowCache):
     @cached_property
     def _field_kinds(self) -> list[tuple[Field[Any, Any], str, str | None, frozenset[type]]]:
         return [
-            (f, f.attname, kind, _canonical_types(f) if kind == "plain" else frozenset())
+            (f, f.attname, kind, canonical_types(f) if kind == "plain" else frozenset())
             for f in self.model._meta.concrete_fields
             for kind in [_stored_kind(f)]
         ]
@@ -441,30 +439,6 @@ def _stored_kind(field: Field[Any, Any]) -> str | None:
     ):
         return "plain"
     return None
-
-
-def _canonical_types(field: Field[Any, Any]) -> frozenset[type]:
-    """Return the types a value of ``field`` already has when it is canonical (no conversion)."""
-    target = value_field(field)
-    if isinstance(target, models.DateTimeField):
-        return frozenset()  # time zone and precision need the conversion
-    for kinds, types in _READY:
-        if isinstance(target, kinds):
-            return types
-    return frozenset()
-
-
-_READY: list[tuple[Any, frozenset[type]]] = [
-    (models.BooleanField, frozenset({bool})),
-    (models.IntegerField | models.AutoField, frozenset({int})),
-    (models.FloatField, frozenset({float})),
-    (models.CharField | models.TextField, frozenset({str})),
-    (models.UUIDField, frozenset({uuid.UUID})),
-    (models.DurationField, frozenset({datetime.timedelta})),
-    (models.DateField, frozenset({datetime.date})),
-    (models.TimeField, frozenset({datetime.time})),
-    (models.BinaryField, frozenset({bytes})),
-]
 
 
 def _json_kept_as_text(connection: Any) -> bool:

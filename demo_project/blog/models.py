@@ -1,5 +1,6 @@
 """
-The demo blog: authors (cache-aside), their profiles (write-through) and posts.
+The demo blog: authors (cache-aside), their profiles (write-through), posts, and
+the posts' view and like counters (write-behind).
 
 ``Post`` is not cached row by row; its manager only reports bulk writes, so the
 cached pages of posts (``queries.author_posts``) are invalidated by every write
@@ -12,9 +13,10 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
+from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteBehindManager, WriteThroughManager
+from cachepatterns_app.models import WriteBehindModel
 
-__all__ = ["Author", "Post", "Profile"]
+__all__ = ["Author", "Post", "PostStats", "Profile"]
 
 
 class Author(models.Model):
@@ -66,3 +68,17 @@ class Post(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class PostStats(WriteBehindModel):
+    """A post's counters: counted in Redis at once (incr), in the database after the flush."""
+
+    # The post's own key: known before the insert, so the row is created write-behind too.
+    post = models.OneToOneField(Post, on_delete=models.CASCADE, primary_key=True, related_name="stats")
+    views = models.PositiveIntegerField(default=0)
+    likes = models.PositiveIntegerField(default=0)
+
+    objects = WriteBehindManager(ttl=3600)
+
+    def __str__(self) -> str:
+        return f"{self.views} views, {self.likes} likes"

@@ -6,7 +6,10 @@ import uuid
 
 from django.db import models
 
-from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteThroughManager
+from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteBehindManager, WriteThroughManager
+
+# Not from cachepatterns_app.models: a test runs this app without cachepatterns_app installed.
+from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
 from tests.testapp.collations import LOOSE_COLLATION
 from tests.testapp.fields import DB_CASCADE, DB_SET_NULL, LowerCaseField
 
@@ -319,3 +322,38 @@ class Collar(models.Model):
     name = models.CharField(max_length=50)
 
     objects = CacheAsideManager(ttl=300)
+
+
+# -- write-behind (issue 10) --------------------------------------------------------------------
+
+
+class Counter(WriteBehindModel):
+    """Write-behind with a UUID primary key: created, saved, counted and deleted through Redis."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    name = models.CharField(max_length=50)
+    views = models.IntegerField(default=0)
+    likes = models.IntegerField(default=0)
+    price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+    touched = models.DateTimeField(auto_now=True)
+
+    objects = WriteBehindManager(ttl=300)
+
+
+class Tally(WriteBehindModel):
+    """A natural key and a unique column: a queued write the database refuses (poison)."""
+
+    key = models.CharField(primary_key=True, max_length=40)
+    label = models.CharField(max_length=40, unique=True)
+    total = models.IntegerField(default=0)
+
+    objects = WriteBehindManager(ttl=300)
+
+
+class Visit(WriteBehindModel):
+    """An auto-increment key: created synchronously, later saves queued."""
+
+    page = models.CharField(max_length=50)
+    hits = models.IntegerField(default=0)
+
+    objects = WriteBehindManager(ttl=300, sync_creates=True)

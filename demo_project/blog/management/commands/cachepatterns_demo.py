@@ -8,10 +8,12 @@ measured in this process.
 4. the next read is a miss that returns the new name; 5. an author's cached pages
 of posts are all invalidated by one new post while another author's pages stay
 hits; 6. a profile update puts the fresh row in the cache (write-through), so the
-next read is a hit with the new value; 7. the statistics; 8. the trending posts
-(refresh-ahead), read through four TTL periods with a Celery worker refreshing them:
-no miss after the first; 9. everything the story changed is put back (through the
-ORM, so the cache follows).
+next read is a hit with the new value; 6b. a post's view and like counters are
+counted in Redis (write-behind: visible at once, in the database once a real Celery
+worker flushed them); 7. the statistics; 8. the trending posts (refresh-ahead), read
+through four TTL periods with a Celery worker refreshing them: no miss after the
+first; 9. everything the story changed is put back (through the ORM, so the cache
+follows).
 
 Every step states what it expects; the command exits non-zero if any expectation
 fails, so it doubles as an end-to-end check. It migrates and seeds the database
@@ -21,6 +23,7 @@ seed data at its end, so every run tells the same story.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,20 +32,21 @@ from typing import Any
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DEFAULT_DB_ALIAS, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, models, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from cachepatterns_app import stats
+from cachepatterns_app import flush_write_behind, stats
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.identity import database_identity
 from cachepatterns_app.keys import model_label, row_keys
+from cachepatterns_app.tasks import flush_write_behind as flush_task
 from demo_project.blog import seed
-from demo_project.blog.background import WorkerUnavailable, background_worker
 from demo_project.blog.measure import event_totals, measure, plural
-from demo_project.blog.models import Author, Post, Profile
+from demo_project.blog.models import Author, Post, PostStats, Profile
 from demo_project.blog.preflight import embedded_redis_note, masked, require_database, require_redis
 from demo_project.blog.queries import TRENDING_COST, TRENDING_TTL, author_posts, trending_posts
+from demo_project.blog.worker import celery_worker
 
 __all__ = ["Command"]
 
@@ -81,6 +85,7 @@ class Command(BaseCommand):
         ada = self.cache_aside(ada)
         self.families(ada, grace)
         self.write_through(ada)
+        self.write_behind(ada)
         self.statistics(baseline)
         self.refresh_ahead()
         self.restore(ada)
@@ -328,6 +333,63 @@ class Command(BaseCommand):
             after.is_("hit", 0) and value.headline == headline and value.version == old_version + 1,
         )
 
+    # -- 6b: write-behind counters (issue 10) -------------------------------------------------
+
+    def write_behind(self, ada: Author) -> None:
+        post = models.QuerySet(Post).filter(author=ada).order_by("id").first()
+        assert post is not None
+        self.heading(
+            f"6b. Write-behind: count 25 views and 3 likes of post #{post.pk} (PostStats.objects.incr)"
+        )
+        if not models.QuerySet(PostStats).filter(pk=post.pk).exists():
+            PostStats(post=post).save(sync=True)
+        flush_write_behind(PostStats)  # start from a flushed row, whatever an earlier run left
+        before = models.QuerySet(PostStats).get(pk=post.pk)
+        views = likes = 0
+        for _ in range(25):
+            views = PostStats.objects.incr(post.pk, "views", 1)
+        for _ in range(3):
+            likes = PostStats.objects.incr(post.pk, "likes", 1)
+        read = measure(lambda: PostStats.objects.get(pk=post.pk))
+        self.expect(
+            "6b. read",
+            f"hit, 0 SQL queries, {before.views + 25} views and {before.likes + 3} likes at once",
+            f"{read} -> {read.value.views} views, {read.value.likes} likes",
+            read.is_("hit", 0)
+            and (read.value.views, read.value.likes) == (before.views + 25, before.likes + 3),
+        )
+        in_db = models.QuerySet(PostStats).get(pk=post.pk)
+        self.expect(
+            "6b. database before the flush",
+            f"still {before.views} views (the writes are queued in Redis)",
+            f"{in_db.views} views",
+            in_db.views == before.views,
+        )
+        queue = f"cachepatterns-demo-{os.getpid()}"
+        with celery_worker(queue) as worker:
+            if worker is None:
+                self.say("(no Celery worker came up: flushing in this process instead)")
+                flush_write_behind(PostStats)
+            else:
+                self.say(
+                    f"started a Celery worker (pid {worker.pid}); sending it cachepatterns.flush_write_behind"
+                )
+                flush_task.apply_async(("blog.poststats",), queue=queue)
+                deadline = time.monotonic() + 60
+                while (
+                    time.monotonic() < deadline and models.QuerySet(PostStats).get(pk=post.pk).views != views
+                ):
+                    time.sleep(0.1)
+        flushed = models.QuerySet(PostStats).get(pk=post.pk)
+        self.expect(
+            "6b. database after the flush",
+            f"{views} views and {likes} likes, written in one batch",
+            f"{flushed.views} views, {flushed.likes} likes",
+            (flushed.views, flushed.likes) == (views, likes),
+        )
+        # Back to no counters, so that the next run tells the same story.
+        PostStats.objects.filter(pk=post.pk).delete()
+
     # -- 7: statistics -----------------------------------------------------------------------
 
     def statistics(self, baseline: dict[str, int]) -> None:
@@ -362,13 +424,21 @@ class Command(BaseCommand):
             f"8. Refresh-ahead: trending_posts(), cached {TRENDING_TTL} s, recomputed by a Celery "
             "worker in the last half of them"
         )
+        from demo_project.celery import app
+
         trending_posts.invalidate(limit=5)  # type: ignore[attr-defined]
-        try:
-            with background_worker():
-                self.say("started a Celery worker (celery -A demo_project worker) on a queue of its own")
+        queue = f"cachepatterns-demo-refresh-{os.getpid()}"
+        with celery_worker(queue) as worker:
+            if worker is None:
+                self.expect("8. worker", "a Celery worker running", "none came up", False)
+                return
+            self.say(f"started a Celery worker (pid {worker.pid}); the refreshes go to its queue")
+            # Every task this process enqueues meanwhile (the refreshes) goes to that worker.
+            previous, app.conf.task_default_queue = app.conf.task_default_queue, queue
+            try:
                 self._trending_reads()
-        except WorkerUnavailable as e:
-            self.expect("8. worker", "a Celery worker running", f"none: {e}", False)
+            finally:
+                app.conf.task_default_queue = previous
 
     def _trending_reads(self) -> None:
         label = "trending:posts:top:{limit}"

@@ -1,0 +1,108 @@
+"""
+Write-behind: a queued ``save()`` against a plain ``save()``, the flush's cost per
+row against a plain ``save()`` per row, and the flush rate of 1, 2 and 4 worker
+processes draining one backlog through the consumer group.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from django.db import models
+
+from bench.data import SAVE_PK
+from bench.harness import Summary, Variant, summary_of
+from bench.models import PlainAuthor, QueuedAuthor
+
+__all__ = ["WriteBehindBench"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(i: int) -> QueuedAuthor:
+    now = PlainAuthor.objects.get(pk=SAVE_PK).joined
+    return QueuedAuthor(
+        id=uuid.uuid4(), name=f"queued {i}", email=f"q{i}-{uuid.uuid4().hex}@example.com", joined=now
+    )
+
+
+class WriteBehindBench:
+    def __init__(self) -> None:
+        from cachepatterns_app.registry import row_cache_for
+
+        self.cache = row_cache_for(QueuedAuthor)
+        self.queued = _row(0)
+        self.queued.save()
+        self.plain = PlainAuthor.objects.get(pk=SAVE_PK)
+
+    def save_variants(self) -> list[Variant]:
+        queued, plain = self.queued, self.plain
+
+        def queued_save() -> None:
+            queued.post_count += 1
+            queued.save()
+
+        def plain_save() -> None:
+            plain.post_count += 1
+            plain.save()
+
+        return [
+            Variant("wb_plain_save", "PlainAuthor save() (no cache), beside the queued save", plain_save),
+            Variant("wb_save", "QueuedAuthor save() write-behind (queued in Redis)", queued_save),
+        ]
+
+    def drain(self) -> None:
+        from cachepatterns_app.patterns.write_behind.flush import flush_model
+
+        while self.cache.queue("default").length():
+            flush_model(self.cache, "default", consumer="bench")
+
+    def flush_per_row(self, batches: int, size: int) -> Summary:
+        """Queue ``size`` new rows, time their flush; ``batches`` times. Samples: ns per row."""
+        from cachepatterns_app.patterns.write_behind.flush import flush_model
+
+        self.drain()
+        samples = []
+        for b in range(batches):
+            for i in range(size):
+                _row(b * size + i + 1).save()
+            started = time.perf_counter_ns()
+            result = flush_model(self.cache, "default", consumer="bench")
+            elapsed = time.perf_counter_ns() - started
+            if result.rows != size:
+                raise RuntimeError(f"flushed {result.rows} rows of {size}")
+            samples.append(elapsed // size)
+        return summary_of("wb_flush_row", f"flush of a {size}-row batch, per row (one transaction)", samples)
+
+    def workers(self, counts: tuple[int, ...], rows: int, progress: Callable[[str], None]) -> dict[str, str]:
+        """Return rows/s for each number of flush worker processes on a backlog of ``rows`` rows."""
+        out: dict[str, str] = {}
+        for k in counts:
+            self.drain()
+            for i in range(rows):
+                _row(i).save()
+            progress(f"write-behind: {k} worker(s) draining {rows:,} queued rows")
+            started = time.monotonic()
+            children = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "bench.flush_child", f"worker-{k}-{n}"],
+                    cwd=ROOT,
+                    env={**os.environ, "DJANGO_SETTINGS_MODULE": "bench.settings"},
+                )
+                for n in range(k)
+            ]
+            for child in children:
+                child.wait(timeout=600)
+            elapsed = time.monotonic() - started
+            left = self.cache.queue("default").length()
+            out[f"write-behind flush, {k} worker process(es), {rows:,} rows"] = (
+                f"{rows / elapsed:,.0f} rows/s ({elapsed:.2f} s, {left} left)"
+            )
+        models.QuerySet(QueuedAuthor).all().delete()
+        return out

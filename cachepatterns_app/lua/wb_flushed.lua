@@ -1,0 +1,20 @@
+-- After a flush committed: for each row whose latest write is still the one with the
+-- sequence given, the row is clean now (it expires like any cached row) or, if
+-- deleted, gone. A row written again meanwhile stays dirty.
+-- KEYS[i] row state; ARGV[1] ttl ms (0: none), ARGV[i + 1] the sequence flushed for KEYS[i].
+-- All rows of a model share one hash tag, so one call covers a whole batch.
+local cleaned = 0
+for i = 1, #KEYS do
+  if redis.pcall('HGET', KEYS[i], '~s') == ARGV[i + 1] then
+    if redis.call('HGET', KEYS[i], '~f') == 'x' then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('HSET', KEYS[i], '~f', 'c')
+      if tonumber(ARGV[1]) > 0 then
+        redis.call('PEXPIRE', KEYS[i], ARGV[1])
+      end
+    end
+    cleaned = cleaned + 1
+  end
+end
+return cleaned

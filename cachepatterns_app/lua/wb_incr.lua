@@ -1,0 +1,35 @@
+-- Add to an integer column of a write-behind row in Redis and queue the new state.
+-- KEYS[1] row state, KEYS[2] queue, KEYS[3] sequence, KEYS[4] row lease.
+-- ARGV[1] max pending, ARGV[2] fingerprint, ARGV[3] column, ARGV[4] amount.
+-- Returns {seq, queue length, entry id, new value}; {-1, length} over the limit;
+-- {0} the row is not in Redis (load it first); {-2} deleted; {-3, error} the column
+-- does not hold an integer (NULL, or not an integer column).
+local length = redis.call('XLEN', KEYS[2])
+if length >= tonumber(ARGV[1]) then
+  return {-1, length}
+end
+local flag = redis.pcall('HGET', KEYS[1], '~f')
+if type(flag) ~= 'string' or redis.call('HGET', KEYS[1], '~v') ~= ARGV[2] then
+  return {0}
+end
+if flag == 'x' then
+  return {-2}
+end
+if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then
+  return {-3, 'no such column'}
+end
+local value = redis.pcall('HINCRBY', KEYS[1], ARGV[3], ARGV[4])
+if type(value) == 'table' then
+  return {-3, value.err}
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+end
+redis.call('INCR', KEYS[3])
+local seq = redis.call('GET', KEYS[3])
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[1], '~s', seq, '~f', 'd')
+redis.call('PERSIST', KEYS[1])
+local id = redis.call('XADD', KEYS[2], '*', unpack(redis.call('HGETALL', KEYS[1])))
+return {seq, length + 1, id, value}

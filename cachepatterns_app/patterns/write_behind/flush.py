@@ -1,0 +1,393 @@
+"""
+The flush: read queued writes through the consumer group, coalesce them to the
+latest state per row, apply them in one database transaction, acknowledge them only
+after the commit.
+
+- **Ordered per row, idempotent.** Each queued write carries its sequence; the
+  transaction locks the rows (and their tombstones) and applies a write only if its
+  sequence is higher than the row's ``wb_seq`` (or its tombstone's). So an older
+  state never overwrites a newer one — with several workers, a redelivered batch, or
+  a write that reached the database directly — and applying a batch twice changes
+  nothing the second time (state-based: the row is set, never incremented).
+- **Nothing lost.** A worker that dies before its commit leaves its entries pending;
+  after ``RECLAIM_IDLE`` seconds any flush claims them. One that dies after its commit
+  but before its acknowledgement has its entries claimed too, and skipped as stale.
+- **Failures.** A database that is down or busy (operational errors, deadlocks, lock
+  waits) is retried a few times with exponential backoff and jitter, then left for the
+  next flush. A batch that fails on its data (an integrity or data error) is split in
+  halves until the failing row is alone; the rest is applied. The failing write stays
+  queued and is retried with backoff; after ``MAX_RETRIES`` deliveries it moves to the
+  dead letters, and its state in Redis is dropped so reads show the database's row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    models,
+    transaction,
+)
+from django.db.models import Model
+
+from cachepatterns_app import stats
+from cachepatterns_app.changes import UPDATE, RowChange
+from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
+from cachepatterns_app.leases import ttl_ms
+from cachepatterns_app.patterns.write_behind import state as row_state
+from cachepatterns_app.patterns.write_behind.model import _pk_text, apply_fences, record_tombstones
+from cachepatterns_app.patterns.write_behind.queue import Entry, Queue, consumer_name
+from cachepatterns_app.patterns.write_behind.rows import SEQ_FIELD, WriteBehindRowCache, flushing
+
+__all__ = ["FlushResult", "flush_model"]
+
+logger = logging.getLogger(__name__)
+
+#: Attempts at one batch while the database is unreachable, within one flush.
+TRANSIENT_ATTEMPTS = 3
+
+
+@dataclass
+class FlushResult:
+    rows: int = 0  # rows written (inserted, updated or deleted)
+    entries: int = 0  # queue entries acknowledged
+    stale: int = 0  # writes skipped: the database holds something newer
+    failed: int = 0  # writes that failed and stay queued
+    dead: int = 0  # writes moved to the dead letters
+    left: int = 0  # writes left queued because the database was unreachable
+    batches: list[float] = field(default_factory=list)
+
+    def add(self, other: FlushResult) -> None:
+        for name in ("rows", "entries", "stale", "failed", "dead", "left"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.batches += other.batches
+
+
+@dataclass
+class _Row:
+    """The entries of one row in a batch: the latest wins, the others are obsolete."""
+
+    pk: Any
+    entries: list[Entry]
+
+    @property
+    def latest(self) -> Entry:
+        return max(self.entries, key=lambda e: e.seq)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.entries]
+
+
+def flush_model(
+    cache: WriteBehindRowCache,
+    using: str,
+    *,
+    consumer: str | None = None,
+    max_batches: int | None = None,
+    drain: bool = False,
+) -> FlushResult:
+    """Flush the queued writes of ``cache``'s model in database ``using``."""
+    settings = cache.settings
+    queue = cache.queue(using)
+    consumer = consumer or consumer_name()
+    batch_size = int(settings["BATCH_SIZE"])
+    total = FlushResult()
+    queue.ensure_group()
+    apply_fences(cache, using)
+    # What this worker was handed and never finished, what dead workers held, and
+    # writes whose retry backoff is over; then everything new.
+    if drain:
+        # A worker shutting down finishes what it was handed (warm shutdown).
+        own = queue.read_own(consumer, batch_size)
+        if own:
+            total.add(_apply_entries(cache, using, queue, own))
+    # What dead workers held, and writes whose retry backoff is over (the claim checks
+    # the backoff, so a failing write is not retried at every flush); then everything new.
+    claimed = queue.claim_due(consumer, batch_size, float(settings["RECLAIM_IDLE"]))
+    if claimed:
+        total.add(_apply_entries(cache, using, queue, claimed))
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        entries = queue.read_new(consumer, batch_size)
+        if not entries:
+            break
+        batches += 1
+        result = _apply_entries(cache, using, queue, entries)
+        total.add(result)
+        if result.left:
+            break  # the database is unreachable: the rest waits for the next flush
+    _warn_if_behind(cache, queue, float(settings["WARN_AFTER"]))
+    return total
+
+
+def _apply_entries(cache: WriteBehindRowCache, using: str, queue: Queue, entries: list[Entry]) -> FlushResult:
+    rows: dict[Any, _Row] = {}
+    result = FlushResult()
+    for entry in entries:
+        try:
+            pk = cache.canonical_pk(
+                cache.codec.decode_field(cache.pk_attname, _json(entry, cache.pk_attname))
+            )
+        except (ValueError, TypeError, SerializationError) as e:
+            _poison(cache, queue, using, [_Row(None, [entry])], f"unreadable queue entry: {e}", result)
+            continue
+        rows.setdefault(pk, _Row(pk, [])).entries.append(entry)
+    _apply_rows(cache, using, queue, list(rows.values()), result)
+    return result
+
+
+def _json(entry: Entry, attname: str) -> Any:
+    import json
+
+    return json.loads(entry.state[attname])
+
+
+def _apply_rows(
+    cache: WriteBehindRowCache, using: str, queue: Queue, rows: list[_Row], result: FlushResult
+) -> None:
+    if not rows:
+        return
+    retried_integrity = False
+    for attempt in range(TRANSIENT_ATTEMPTS):
+        started = time.monotonic()
+        try:
+            applied, stale = _commit(cache, using, rows)
+        except (OperationalError, InterfaceError) as e:
+            stats.record("wb_retried", cache.label, len(rows))
+            logger.warning(
+                "Write-behind flush of %s: the database is unavailable (%s); attempt %d of %d",
+                cache.label,
+                e,
+                attempt + 1,
+                TRANSIENT_ATTEMPTS,
+            )
+            _reconnect(using)
+            time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+            continue
+        except (IntegrityError, DataError, SerializationError, ValueError, TypeError, DatabaseError) as e:
+            if isinstance(e, IntegrityError) and not retried_integrity:
+                # Another flush may have inserted one of these rows meanwhile (both saw it
+                # missing): once more, and the row is found and updated.
+                retried_integrity = True
+                continue
+            if len(rows) == 1:
+                _poison(cache, queue, using, rows, f"{type(e).__name__}: {e}", result)
+                return
+            half = len(rows) // 2
+            _apply_rows(cache, using, queue, rows[:half], result)
+            _apply_rows(cache, using, queue, rows[half:], result)
+            return
+        elapsed = time.monotonic() - started
+        result.batches.append(elapsed)
+        _after_commit(cache, using, queue, rows, applied, stale, result)
+        observe = getattr(stats, "observe", None)
+        if observe is not None:
+            observe("wb_flush", cache.label, elapsed)
+        return
+    result.left += sum(len(row.entries) for row in rows)
+
+
+def _reconnect(using: str) -> None:
+    with contextlib.suppress(DatabaseError):
+        connections[using].close()
+    close_old_connections()
+
+
+def _commit(
+    cache: WriteBehindRowCache, using: str, rows: list[_Row]
+) -> tuple[list[tuple[Any, int]], list[tuple[Any, int]]]:
+    """Apply the latest write of each row in one transaction; return (applied, stale) (pk, seq)."""
+    from cachepatterns_app.models import WriteBehindTombstone
+    from cachepatterns_app.writes import record
+
+    model = cache.model
+    latest = {row.pk: row.latest for row in rows}
+    texts = {pk: _pk_text(cache, pk) for pk in latest}
+    applied: list[tuple[Any, int]] = []
+    stale: list[tuple[Any, int]] = []
+    with transaction.atomic(using=using), flushing():
+        locking = connections[using].features.has_select_for_update
+        query: models.QuerySet[Any, Any] = models.QuerySet(model, using=using).filter(pk__in=list(latest))
+        current = {row.pk: row for row in (query.select_for_update() if locking else query)}
+        tomb_query: Any = models.QuerySet(WriteBehindTombstone, using=using).filter(
+            label=cache.label, pk_text__in=list(texts.values())
+        )
+        tombs = {t.pk_text: t.seq for t in (tomb_query.select_for_update() if locking else tomb_query)}
+        creates: list[Model] = []
+        updates: list[Model] = []
+        deletes: list[Any] = []
+        for pk, entry in latest.items():
+            floor = max(
+                int(getattr(current[pk], SEQ_FIELD, 0) or 0) if pk in current else 0, tombs.get(texts[pk], 0)
+            )
+            if entry.seq <= floor:
+                stale.append((pk, entry.seq))
+                continue
+            applied.append((pk, entry.seq))
+            if entry.deleted:
+                if pk in current:
+                    deletes.append(pk)
+                continue
+            obj = row_state.decode_state(cache.codec, entry.state, using)
+            obj.__dict__[SEQ_FIELD] = entry.seq
+            (updates if pk in current else creates).append(obj)
+        if deletes:
+            # Through the collector: cascades and the delete signals of related rows run
+            # as for any delete (this model's own row cache stays quiet: flushing()).
+            models.QuerySet(model, using=using).filter(pk__in=deletes).delete()
+        for pk, entry in latest.items():
+            if entry.deleted and (pk, entry.seq) in applied:
+                record_tombstones(cache, using, [pk], entry.seq)
+        if updates:
+            fields = [f.name for f in model._meta.concrete_fields if not f.primary_key]
+            plain: Any = models.QuerySet(model, using=using)
+            plain.bulk_update(updates, fields)
+        if creates:
+            inserting: Any = models.QuerySet(model, using=using)
+            stamped = [
+                f
+                for f in model._meta.concrete_fields
+                if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+            ]
+            queued = [{f.attname: obj.__dict__.get(f.attname) for f in stamped} for obj in creates]
+            inserting.bulk_create(creates)
+            if stamped:
+                # bulk_create ran pre_save() again (auto_now: now); the row must hold
+                # what the save queued and the readers saw.
+                for obj, values in zip(creates, queued, strict=True):
+                    obj.__dict__.update(values)
+                inserting.bulk_update(creates, [f.name for f in stamped])
+        if updates or creates:
+            # What depends on these rows (families, multi-table relatives) changes now.
+            written = [obj.pk for obj in (*updates, *creates)]
+            record(
+                RowChange(
+                    model,
+                    using,
+                    written,
+                    UPDATE,
+                    old=list(current.values()),
+                    new=[*updates, *creates],
+                    own=False,
+                )
+            )
+    return applied, stale
+
+
+def _after_commit(
+    cache: WriteBehindRowCache,
+    using: str,
+    queue: Queue,
+    rows: list[_Row],
+    applied: list[tuple[Any, int]],
+    stale: list[tuple[Any, int]],
+    result: FlushResult,
+) -> None:
+    ids = [entry_id for row in rows for entry_id in row.ids]
+    keys = cache.wb_keys(using)
+    ttl = ttl_ms(cache.ttl)
+    commands: list[tuple[Any, ...]] = []
+    if applied:
+        commands.append(
+            (
+                "SCRIPT",
+                "wb_flushed",
+                tuple(keys.row(pk).value for pk, _ in applied),
+                (ttl, *(str(seq) for _, seq in applied)),
+            )
+        )
+    # A write skipped as stale: the database holds something newer, which Redis must
+    # not hide behind the older state (drop it unless an even newer write is queued).
+    commands += [
+        ("SCRIPT", "wb_fence", (keys.row(pk).value, keys.row(pk).lease), (str(seq),)) for pk, seq in stale
+    ]
+    try:
+        queue.acknowledge(ids)
+        if commands:
+            queue.store.pipeline(commands)
+    except CacheUnavailable as e:
+        # Committed but not acknowledged: the entries are delivered again and skipped
+        # as stale then. Nothing is lost; the row stays dirty until that flush.
+        logger.warning("Write-behind flush of %s committed but could not acknowledge: %s", cache.label, e)
+        return
+    result.rows += len(applied)
+    result.stale += len(stale)
+    result.entries += len(ids)
+    if applied:
+        stats.record("wb_flushed", cache.label, len(applied))
+
+
+def _poison(
+    cache: WriteBehindRowCache,
+    queue: Queue,
+    using: str,
+    rows: Sequence[_Row],
+    error: str,
+    result: FlushResult,
+) -> None:
+    max_retries = int(cache.settings["MAX_RETRIES"])
+    for row in rows:
+        for entry in row.entries:
+            if entry.deliveries >= max_retries:
+                logger.error(
+                    "Write-behind write %s of %s pk=%r failed %d times; moved to the dead letters: %s",
+                    entry.id,
+                    cache.label,
+                    row.pk,
+                    entry.deliveries,
+                    error,
+                )
+                try:
+                    queue.dead_letter(entry, error)
+                    if row.pk is not None:
+                        keys = cache.wb_keys(using).row(row.pk)
+                        # Reads show the database's row again, not a write that will not land.
+                        queue.store.script("wb_fence", (keys.value, keys.lease), (str(entry.seq),))
+                except CacheUnavailable as e:
+                    logger.warning("Could not dead-letter %s: %s", entry.id, e)
+                    continue
+                stats.record("wb_dead_lettered", cache.label)
+                result.dead += 1
+            else:
+                logger.warning(
+                    "Write-behind write %s of %s pk=%r failed (delivery %d of %d), retried later: %s",
+                    entry.id,
+                    cache.label,
+                    row.pk,
+                    entry.deliveries,
+                    max_retries,
+                    error,
+                )
+                with contextlib.suppress(CacheUnavailable):
+                    queue.record_failure(entry, error)
+                stats.record("wb_failed", cache.label)
+                result.failed += 1
+
+
+def _warn_if_behind(cache: WriteBehindRowCache, queue: Queue, threshold: float) -> None:
+    try:
+        age = queue.oldest_age()
+    except CacheUnavailable:
+        return
+    if age is not None and age > threshold:
+        logger.warning(
+            "Write-behind queue of %s: the oldest waiting write is %.0f s old (WARN_AFTER=%s). "
+            "Is the flush running (Celery beat and a worker)? See cachepatterns_stats.",
+            cache.label,
+            age,
+            threshold,
+        )

@@ -1,0 +1,174 @@
+"""
+What a queued write stores: the row as the database will hold it, as hash fields.
+
+For write-behind rows Redis is the source of truth until the flush, so what a save
+puts there must be what a fresh read returns after the flush, field by field: each
+field's ``pre_save`` runs (``auto_now``), values are converted as the field converts
+them, Decimals are rounded the way the database rounds them, a field class of the
+project's own goes through its own ``get_prep_value``/``to_python``. What only the
+database can compute is refused with an error that says what to do instead:
+expressions (``F()``, functions), database defaults and generated columns.
+
+A row's hash holds ``~s`` (the sequence of its latest write), ``~f`` (``d`` dirty,
+``c`` clean, ``x`` deleted), ``~v`` (the codec fingerprint) and one field per column:
+the column's plain value as JSON text (``RowCodec.encode_field``).
+"""
+
+from __future__ import annotations
+
+import decimal
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import models
+from django.db.models import Field, Model
+from django.db.models.fields import NOT_PROVIDED
+
+from cachepatterns_app.codecs import RowCodec
+from cachepatterns_app.exceptions import SerializationError, WriteBehindError
+from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, value_field
+
+__all__ = ["CLEAN", "DELETED", "DIRTY", "decode_state", "encode_fields", "stored_values"]
+
+DIRTY, CLEAN, DELETED = "d", "c", "x"
+SEQ, FLAG, FINGERPRINT = "~s", "~f", "~v"
+
+
+def computed_columns(model: type[Model]) -> list[str]:
+    """Return the columns the database computes (write-behind cannot know their values)."""
+    out = []
+    for field in model._meta.concrete_fields:
+        if (
+            isinstance(field, models.GeneratedField)
+            or getattr(field, "db_default", NOT_PROVIDED) is not NOT_PROVIDED
+        ):
+            out.append(field.name)
+    return out
+
+
+def stored_values(
+    instance: Model, fields: Sequence[Field[Any, Any]], vendor: str, adding: bool
+) -> dict[str, Any]:
+    """
+    Return ``{attname: value}`` for ``fields`` of ``instance`` as the database will
+    return them; raise :class:`WriteBehindError` for what only the database can compute.
+    """
+    label = instance._meta.label
+    out: dict[str, Any] = {}
+    for field in fields:
+        value = field.pre_save(instance, adding)
+        if type(value) not in _ready(field):  # else already what the database returns
+            value = _checked(instance, field, value, vendor)
+        if value is None and not field.null and not field.primary_key:
+            raise WriteBehindError(
+                f"{label}.{field.name} is None but the column is NOT NULL: the flush would fail. "
+                "Nothing was queued; give it a value."
+            )
+        max_length = getattr(field, "max_length", None)
+        if max_length and isinstance(value, str) and len(value) > max_length:
+            raise WriteBehindError(
+                f"{label}.{field.name} is {len(value)} characters, over max_length={max_length}: "
+                "the flush would fail. Nothing was queued."
+            )
+        out[field.attname] = value
+    return out
+
+
+_ready_types: dict[Field[Any, Any], frozenset[type]] = {}
+
+
+def _ready(field: Field[Any, Any]) -> frozenset[type]:
+    types = _ready_types.get(field)
+    if types is None:
+        custom = type(value_field(field)).__module__.split(".")[0] != "django"
+        types = _ready_types[field] = frozenset() if custom or field.primary_key else canonical_types(field)
+    return types
+
+
+def _checked(instance: Model, field: Field[Any, Any], value: Any, vendor: str) -> Any:
+    label = instance._meta.label
+    if hasattr(value, "resolve_expression"):
+        raise WriteBehindError(
+            f"{label}.{field.name} is an expression ({value!r}): a queued write cannot know "
+            "what the database will compute. Use objects.incr(pk, field, n) for counters, "
+            "or save(sync=True) to run the expression in the database."
+        )
+    try:
+        return _as_stored(field, value, vendor)
+    except (NotCanonical, TypeError, ValueError, decimal.InvalidOperation) as e:
+        raise WriteBehindError(
+            f"{label}.{field.name} = {value!r} is not a value the column can hold ({e}); "
+            "nothing was queued. Fix the value, or use save(sync=True) to see the database's error."
+        ) from None
+
+
+def _as_stored(field: Field[Any, Any], value: Any, vendor: str) -> Any:
+    if value is None:
+        return None
+    target = value_field(field)
+    if type(target).__module__.split(".")[0] != "django":
+        # A field class of the project's own: its get_prep_value says what the column
+        # stores, its to_python how that reads back.
+        return target.to_python(target.get_prep_value(value))
+    if isinstance(target, models.DecimalField):
+        return _rounded(target, value, vendor)
+    if isinstance(target, models.JSONField | models.FileField | models.BinaryField):
+        return bytes(value) if isinstance(value, memoryview) else value
+    return canonical(field, value)
+
+
+def _rounded(field: Any, value: Any, vendor: str) -> decimal.Decimal:
+    """Round ``value`` to the column's places the way ``vendor`` does."""
+    number = field.to_python(value)
+    if not isinstance(number, decimal.Decimal) or not number.is_finite():
+        raise ValueError("not a finite number")
+    places = decimal.Decimal(1).scaleb(-(field.decimal_places or 0))
+    if vendor == "sqlite":
+        # SQLite keeps decimals as REAL; Django reads them back through a float with 15
+        # significant digits, quantised with the field's context (half-even).
+        as_float = decimal.Context(prec=15).create_decimal_from_float(float(number))
+        rounded = as_float.quantize(places, context=field.context)
+    else:
+        # MySQL/MariaDB and PostgreSQL round exact numbers half away from zero.
+        rounded = number.quantize(places, rounding=decimal.ROUND_HALF_UP)
+    if field.max_digits is not None and len(rounded.as_tuple().digits) > field.max_digits:
+        raise ValueError(f"more than {field.max_digits} digits")
+    return rounded
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
+    """Return ``[attname, json, …]`` hash field pairs for ``values``."""
+    out: list[str] = []
+    for attname, value in values.items():
+        try:
+            plain = codec.encode_field(attname, value)
+            out += [attname, _dumps(plain)]
+        except (TypeError, ValueError, AttributeError, SerializationError) as e:
+            raise WriteBehindError(f"Cannot queue {codec.label}.{attname} = {value!r}: {e}") from e
+    return out
+
+
+def as_mapping(flat: Sequence[Any]) -> dict[str, str]:
+    """Return a Redis reply ``[field, value, …]`` as ``{field: value}`` text."""
+    items = [item.decode("utf-8") if isinstance(item, bytes) else str(item) for item in flat]
+    return dict(zip(items[::2], items[1::2], strict=True))
+
+
+def decode_state(codec: RowCodec, state: dict[str, str], db: str) -> Model:
+    """
+    Return the instance a row hash describes; raise ``SerializationError`` if it is not
+    a row of this model in the current layout (every column present, each of its type).
+    """
+    if state.get(FINGERPRINT) != codec.fingerprint:
+        raise SerializationError(f"Write-behind state of {codec.label} has another layout; discarded.")
+    try:
+        values = [codec.fingerprint, *(json.loads(state[name]) for name in codec.attnames)]
+    except (KeyError, ValueError) as e:
+        raise SerializationError(
+            f"Write-behind state of {codec.label} is incomplete or unreadable: {e}"
+        ) from e
+    return codec.decode(values, db)
