@@ -26,6 +26,8 @@ process shuts down (``cachepatterns_app.celery.connect_signals``). None of these
 adds anything to the hit path. A forked child starts with no counts of its own:
 what its parent counted before the fork is the parent's to ship.
 
+:func:`report` is the read API: everything the admin page shows, as one dict.
+
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ __all__ = [
     "local_counts",
     "observe",
     "record",
+    "report",
     "reset",
     "ship_at_exit",
     "snapshot",
@@ -346,6 +349,18 @@ def history(now: float | None = None) -> list[tuple[int, dict[str, float]]]:
     minutes, commands = history_commands(now)
     replies = get_store().pipeline(commands)
     return [(m, parse_minute(r or {})) for m, r in zip(minutes, replies, strict=True)]
+
+
+def report() -> dict[str, Any]:
+    """
+    Return everything the admin page shows, as JSON-able data: counters per label
+    and per pattern, durations, write-behind and refresh-ahead activity, Redis
+    server facts, the last hour's history and the health checks (the document
+    ``?format=json`` and ``cachepatterns_stats --json`` print; see ``metrics``).
+    """
+    from cachepatterns_app.metrics import collect
+
+    return collect()
 
 
 def ship_at_exit() -> None:
