@@ -190,9 +190,9 @@ def _free_port() -> int:
 
 
 class PrivateRedis:
-    """A ``redis-server`` of this test's own, on a free loopback port."""
+    """A ``redis-server`` of this test's own, on a free loopback port (``extra``: more options)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *extra: str) -> None:
         from demo_project.embedded import redis_server_binary
 
         self.port = _free_port()
@@ -210,6 +210,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 self.dir,
+                *extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -333,9 +334,9 @@ def traffic_to(port: int) -> Iterator[Traffic]:
 
 
 @contextlib.contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
+def private_redis(*extra: str) -> Iterator[PrivateRedis]:
     """Yield a private server, killed at the end whatever happens."""
-    server = PrivateRedis()
+    server = PrivateRedis(*extra)
     try:
         yield server
     finally:
