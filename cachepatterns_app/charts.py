@@ -17,7 +17,7 @@ from django.utils.safestring import SafeString, mark_safe
 __all__ = ["line_chart"]
 
 WIDTH, HEIGHT = 600, 160
-LEFT, RIGHT, TOP, BOTTOM = 48, 8, 10, 22
+LEFT, RIGHT, TOP, BOTTOM = 48, 24, 10, 22
 
 
 def _nice_max(value: float) -> float:

@@ -295,11 +295,8 @@ def collect() -> dict[str, Any]:
 def _evictions(minutes: list[dict[str, float]], server: dict[str, Any]) -> dict[str, Any] | None:
     """Return the keys Redis evicted since the oldest sample of the last hour, if there is one."""
     current = server.get("evicted_keys")
-    samples = [
-        (i, m["g|redis|redis_evicted_keys"])
-        for i, m in enumerate(minutes)
-        if "g|redis|redis_evicted_keys" in m
-    ]
+    field = "f|redis|redis_evicted_keys"  # the first sample of each minute
+    samples = [(i, m[field]) for i, m in enumerate(minutes) if field in m]
     if current is None or not samples:
         return None
     index, oldest = samples[0]

@@ -15,9 +15,11 @@ What is kept in Redis (one hash tag, ``{stats}``, so a cluster keeps it on one n
 - ``<prefix>:{stats}:g``: ``label|name`` → the last value a process set with
   :func:`gauge` (write-behind queue depth), and ``label|name|at`` → when;
 - ``<prefix>:{stats}:m:<minute>``: one hash per minute (Unix time // 60), expiring
-  after :data:`HISTORY_TTL`: ``e|event`` → that minute's count over every label and
-  ``g|label|name`` → a gauge's value then. Written by the shipments that already
-  happen, so the last hour's charts cost nothing on the hit path.
+  after :data:`HISTORY_TTL`: ``e|event`` → that minute's count over every label,
+  ``g|label|name`` → a gauge's last value in that minute and ``f|label|name`` → its
+  first (what a counter-like gauge, Redis's evicted keys, is compared against).
+  Written by the shipments that already happen, so the last hour's charts cost
+  nothing on the hit path.
 
 A process can end before its next shipment: a ``manage.py`` command, a
 ``shell -c``, a script, a Celery pool process. So what is pending is also shipped
@@ -237,6 +239,7 @@ def _commands(
     for (label, name), value in levels.items():
         commands.append(("HSET", current, f"{label}|{name}", repr(float(value)), f"{label}|{name}|at", now))
         commands.append(("HSET", minute, f"g|{label}|{name}", repr(float(value))))
+        commands.append(("HSETNX", minute, f"f|{label}|{name}", repr(float(value))))
     commands.append(("EXPIRE", minute, HISTORY_TTL))
     return commands
 
