@@ -57,7 +57,7 @@ def test_a_shell_command_ships_its_counts_at_exit() -> None:
     # take far less than the one-second shipping interval).
     report = django_admin("cachepatterns_stats", "--json")
     assert report.returncode == 0, report.stderr
-    counts = json.loads(report.stdout)["testapp.author"]
+    counts = json.loads(report.stdout)["labels"]["testapp.author"]["events"]
     assert (counts["miss"], counts["hit"]) == (1, 4), counts
 
 
