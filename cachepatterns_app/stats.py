@@ -124,8 +124,11 @@ HISTORY_TTL = 2 * HISTORY_MINUTES * 60
 FLUSH_EVERY = 1.0
 
 _lock = threading.Lock()
-_pending: Counter[str] = Counter()
-_local: Counter[str] = Counter()
+#: This process's counts since it started, by (label, event).
+_local: dict[tuple[str, str], int] = {}
+#: How much of each of those is in Redis already: a shipment sends the difference,
+#: so the hit path updates one dict, not two.
+_shipped: dict[tuple[str, str], int] = {}
 #: (label, name) -> [count per bucket..., total microseconds]
 _durations: dict[tuple[str, str], list[int]] = {}
 #: (label, name) -> value set since the last shipment
@@ -147,17 +150,18 @@ def _minute_key(minute: int) -> str:
 
 def record(event: str, label: str, n: int = 1) -> None:
     """Count ``n`` occurrences of ``event`` for ``label`` (a model or key template)."""
-    settings = get_settings()
-    if not settings.STATS:
+    # The hit path: a dict lookup for the switch (the settings object's __getattr__
+    # costs a failed attribute lookup first), one dict update under the lock.
+    if not get_settings().raw["STATS"]:
         return
-    field = f"{label}|{event}"
+    key = (label, event)
     global _last_flush
     with _lock:
-        _pending[field] += n
-        _local[field] += n
-        due = time.monotonic() - _last_flush >= FLUSH_EVERY
+        _local[key] = _local.get(key, 0) + n
+        now = time.monotonic()
+        due = now - _last_flush >= FLUSH_EVERY
         if due:
-            _last_flush = time.monotonic()
+            _last_flush = now
     if due:
         flush(wait=False)
 
@@ -167,7 +171,7 @@ def observe(name: str, label: str, seconds: float) -> None:
     Add one duration of ``seconds`` to the distribution ``name`` of ``label``
     (``db_load``, ``wb_flush``, ``refresh``: see :data:`DURATIONS`).
     """
-    if not get_settings().STATS:
+    if not get_settings().raw["STATS"]:
         return
     seconds = max(0.0, seconds)
     bucket = bisect.bisect_left(BUCKETS, seconds)  # the first bound >= seconds: "le"
@@ -190,7 +194,7 @@ def gauge(name: str, label: str, value: float) -> None:
     Set the gauge ``name`` of ``label`` (``wb_pending``: see :data:`GAUGES`); shipped
     with this process's next shipment, and kept in that minute's history.
     """
-    if not get_settings().STATS:
+    if not get_settings().raw["STATS"]:
         return
     with _lock:
         _gauges[(label, name)] = value
@@ -202,10 +206,10 @@ def flush(*, wait: bool = True) -> None:
     from cachepatterns_app.store import get_store
 
     with _lock:
-        batch = dict(_pending)
+        batch = _unshipped()
+        _shipped.update({key: _shipped.get(key, 0) + n for key, n in batch.items()})
         timings = {k: list(v) for k, v in _durations.items()}
         levels = dict(_gauges)
-        _pending.clear()
         _durations.clear()
         _gauges.clear()
     if not (batch or timings or levels):
@@ -222,16 +226,26 @@ def flush(*, wait: bool = True) -> None:
         _keep(batch, timings, levels)
 
 
-def _commands(
-    batch: dict[str, int], timings: dict[tuple[str, str], list[int]], levels: dict[tuple[str, str], float]
-) -> list[tuple[Any, ...]]:
+def _unshipped() -> dict[tuple[str, str], int]:
+    """Return what was counted and not shipped yet (call under the lock)."""
+    return {key: n - _shipped.get(key, 0) for key, n in _local.items() if n != _shipped.get(key, 0)}
+
+
+Batch = dict[tuple[str, str], int]
+Timings = dict[tuple[str, str], list[int]]
+Levels = dict[tuple[str, str], float]
+
+
+def _commands(batch: Batch, timings: Timings, levels: Levels) -> list[tuple[Any, ...]]:
     now = time.time()
     minute = _minute_key(int(now // 60))
     counters, spans, current = _hash_key(), _key("d"), _key("g")
-    commands: list[tuple[Any, ...]] = [("HINCRBY", counters, field, n) for field, n in batch.items()]
+    commands: list[tuple[Any, ...]] = [
+        ("HINCRBY", counters, f"{label}|{event}", n) for (label, event), n in batch.items()
+    ]
     per_event: Counter[str] = Counter()
-    for field, n in batch.items():
-        per_event[field.rpartition("|")[2]] += n
+    for (_, event), n in batch.items():
+        per_event[event] += n
     commands += [("HINCRBY", minute, f"e|{event}", n) for event, n in per_event.items()]
     for (label, name), cell in timings.items():
         commands += [("HINCRBY", spans, f"{label}|{name}|{i}", n) for i, n in enumerate(cell[:-1]) if n]
@@ -244,12 +258,11 @@ def _commands(
     return commands
 
 
-def _keep(
-    batch: dict[str, int], timings: dict[tuple[str, str], list[int]], levels: dict[tuple[str, str], float]
-) -> None:
+def _keep(batch: Batch, timings: Timings, levels: Levels) -> None:
     # Not sent: merge back for the next try (newer gauge values win over the old ones).
     with _lock:
-        _pending.update(batch)
+        for key, n in batch.items():
+            _shipped[key] -= n
         for key, cell in timings.items():
             mine = _durations.setdefault(key, [0] * (len(BUCKETS) + 1))
             for i, n in enumerate(cell):
@@ -261,7 +274,7 @@ def _keep(
 def local_counts() -> dict[str, int]:
     """Return this process's counts since it started (for tests and the demo)."""
     with _lock:
-        return dict(_local)
+        return {f"{label}|{event}": n for (label, event), n in _local.items()}
 
 
 def _text(value: Any) -> str:
@@ -371,7 +384,9 @@ def ship_at_exit() -> None:
     Send what is pending, waiting for Redis's reply; never raise. Registered with
     ``atexit`` and called when a Celery pool process shuts down.
     """
-    if not (_pending or _durations or _gauges):
+    with _lock:
+        idle = not (_unshipped() or _durations or _gauges)
+    if idle:
         return
     try:
         flush(wait=True)
@@ -381,8 +396,8 @@ def ship_at_exit() -> None:
 
 def _discard_local() -> None:
     """Forget this process's counts without shipping them (forks, tests)."""
-    _pending.clear()
     _local.clear()
+    _shipped.clear()
     _durations.clear()
     _gauges.clear()
 

@@ -89,7 +89,8 @@ def test_a_forked_child_does_not_ship_its_parents_counts() -> None:
     pid = os.fork()
     if pid == 0:  # the child: report what it would ship, and leave at once
         try:
-            os.write(write, json.dumps([stats.local_counts(), dict(stats._pending)]).encode())
+            unshipped = {"|".join(k): n for k, n in stats._unshipped().items()}
+            os.write(write, json.dumps([stats.local_counts(), unshipped]).encode())
         finally:
             os._exit(0)
     os.close(write)
