@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.db import connection
-from django.test import Client
+from django.test import Client, override_settings
 from django.urls import reverse
 
 from cachepatterns_app import cache_aside, stats
@@ -468,3 +468,38 @@ def test_post_to_the_page_itself_is_405(viewer: Any) -> None:
 def test_the_report_json_round_trips(viewer: Any) -> None:
     report = stats.report()
     assert json.loads(json.dumps(report)) == report
+
+
+@pytest.mark.django_db
+def test_the_page_renders_while_redis_is_down(viewer: Any) -> None:
+    down = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
+        }
+    }
+    with override_settings(CACHES=down):
+        response = as_user(viewer).get(PAGE)
+        data = as_user(viewer).get(PAGE + "?format=json").json()
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert "Redis is unavailable" in body
+    assert 'data-check="redis_down"' in body
+    assert data["redis"]["available"] is False
+
+
+@pytest.mark.django_db
+def test_the_command_prints_the_document_the_page_serves(viewer: Any) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    stats.record("hit", "testapp.author", 7)
+    out = StringIO()
+    call_command("cachepatterns_stats", "--json", stdout=out)
+    command = json.loads(out.getvalue())
+    page = as_user(viewer).get(PAGE + "?format=json").json()
+    assert command.keys() == page.keys()
+    for key in ("labels", "patterns", "totals", "durations", "events"):
+        assert command[key] == page[key], key

@@ -104,7 +104,27 @@ def workload() -> None:
     stats.flush()
 
 
-def test_the_page_in_chromium(live_server: Any, django_user_model: Any) -> None:
+def seed_history(redis: Any) -> None:
+    """
+    For the README's picture only (``CP_SCREENSHOT``): give the charts an hour of
+    made-up minutes, so that they show lines rather than one point.
+    """
+    import math
+    import time
+
+    now = int(time.time() // 60)
+    for back in range(1, stats.HISTORY_MINUTES):
+        minute = stats._minute_key(now - back)
+        wave = math.sin(back / 7)
+        hits, misses = int(900 + 80 * wave), int(60 + 50 * math.cos(back / 5))
+        redis.hset(
+            minute,
+            mapping={"e|hit": hits, "e|miss": misses, "g|demo.counter|wb_pending": int(40 + 35 * wave)},
+        )
+        redis.expire(minute, stats.HISTORY_TTL)
+
+
+def test_the_page_in_chromium(live_server: Any, django_user_model: Any, redis: Any) -> None:
     user = django_user_model.objects.create_user("ops", password="ops-password", is_staff=True)
     user.user_permissions.add(
         *Permission.objects.filter(
@@ -112,6 +132,8 @@ def test_the_page_in_chromium(live_server: Any, django_user_model: Any) -> None:
         )
     )
     workload()
+    if os.environ.get("CP_SCREENSHOT"):
+        seed_history(redis)
     ARTIFACTS.mkdir(exist_ok=True)
     with chromium() as context:
         offline = look_and_flush(context, live_server.url)
@@ -160,4 +182,12 @@ def look_and_flush(context: Any, url: str) -> list[str]:
     assert message.inner_text().endswith("0 write(s) pending.")
     assert page.inner_text("#cp-wb-pending") == "0"
     page.screenshot(path=str(ARTIFACTS / "admin-stats-flushed.png"), full_page=True)
+    # Auto-refresh: with ?refresh=1 the page reloads itself.
+    page.goto(f"{url}/admin/cachepatterns_app/stats/?refresh=1")
+    first = page.inner_text("#cp-stats p.cp-muted")
+    with page.expect_navigation():
+        pass  # the page's own script reloads it (a give-up deadline, never a measure)
+    page.wait_for_selector("#cp-stats")
+    assert page.inner_text("#cp-stats p.cp-muted").startswith("Summed over every process")
+    assert first.startswith("Summed over every process")
     return offline

@@ -84,5 +84,7 @@ def test_every_metric_is_explained_in_the_readme() -> None:
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     section = readme.split("### The metrics", 1)[1].split("### Scraping it", 1)[0]
-    missing = [name for name in [*stats.EVENTS, *stats.DURATIONS, *stats.GAUGES] if f"`{name}`" not in section]
+    missing = [
+        name for name in [*stats.EVENTS, *stats.DURATIONS, *stats.GAUGES] if f"`{name}`" not in section
+    ]
     assert missing == []

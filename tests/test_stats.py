@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 
 from cachepatterns_app import stats
-from tests.support import PATIENCE, wait_until
+from tests.support import PATIENCE, cachepatterns, wait_until
 from tests.testapp.models import Author
 from tests.testapp.tasks import read_author
 
@@ -139,3 +139,26 @@ def test_reset_forgets_counts_durations_gauges_and_history() -> None:
     assert stats.durations() == {}
     assert stats.gauges() == {}
     assert all(fields == {} for _, fields in stats.history())
+
+
+def test_counting_a_hit_sends_nothing_to_redis(monkeypatch: Any) -> None:
+    """Stats on or off, fifty hits are fifty round trips: counting rides on nothing of its own."""
+    from django.test import override_settings
+
+    from tests.support import private_redis, traffic_to
+
+    monkeypatch.setattr(stats, "FLUSH_EVERY", 3600.0)  # no shipment falls due meanwhile
+    with private_redis() as server, override_settings(CACHES=server.caches()):
+        ada = Author.objects.create(name="Ada", email="ada@example.com")
+        Author.objects.get(pk=ada.pk)
+        Author.objects.get(pk=ada.pk)  # the fill has run: from here on, hits
+        sent = {}
+        for on in (True, False):
+            with cachepatterns(STATS=on):
+                Author.objects.get(pk=ada.pk)  # a fresh store after the override
+                with traffic_to(server.port) as traffic:
+                    for _ in range(50):
+                        Author.objects.get(pk=ada.pk)
+                sent[on] = (traffic.sends, traffic.replies, traffic.connects)
+    assert sent[True] == sent[False] == (50, 50, 0), sent
+    assert stats.local_counts()["testapp.author|hit"] >= 51
