@@ -98,7 +98,7 @@ class StatsAdmin(admin.ModelAdmin):  # type: ignore[type-arg]  # not subscriptab
             # A scraper authenticates with Basic credentials on each request; everyone
             # else goes through the admin's session login.
             if request.GET.get("format") in {"json", "prometheus"} and "HTTP_AUTHORIZATION" in request.META:
-                return self._machine_view(request)
+                return require_GET(self._machine_view)(request)
             return page(request)
 
         info = self.opts.app_label, self.opts.model_name

@@ -262,7 +262,8 @@ def _keep(batch: Batch, timings: Timings, levels: Levels) -> None:
     # Not sent: merge back for the next try (newer gauge values win over the old ones).
     with _lock:
         for key, n in batch.items():
-            _shipped[key] -= n
+            if key in _shipped:  # else reset() ran meanwhile: those counts are gone anyway
+                _shipped[key] -= n
         for key, cell in timings.items():
             mine = _durations.setdefault(key, [0] * (len(BUCKETS) + 1))
             for i, n in enumerate(cell):

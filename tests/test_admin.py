@@ -454,6 +454,7 @@ def test_a_scraper_authenticates_with_basic_credentials(viewer: Any, django_user
     assert wrong.status_code == 401
     assert wrong["WWW-Authenticate"].startswith("Basic")
     assert client.get(PAGE + "?format=prometheus", **basic("nobody", "pw-nobody")).status_code == 403
+    assert client.post(PAGE + "?format=json", **basic("viewer", "pw-viewer")).status_code == 405
     # Credentials open the machine formats only, never the HTML page or a session.
     assert client.get(PAGE, **basic("viewer", "pw-viewer")).status_code == 302
     assert "_auth_user_id" not in client.session
