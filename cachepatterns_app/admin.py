@@ -324,18 +324,6 @@ def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for label, row in report["labels"].items():
         events = row["events"]
-        shown = {
-            "hit",
-            "miss",
-            "fill",
-            "wait",
-            "stale_refused",
-            "stale_served",
-            "invalidation",
-            "degraded",
-            "bypass",
-            "corrupt",
-        }
         out.append(
             {
                 "label": label,
@@ -344,7 +332,9 @@ def _rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "hit_rate": row["hit_rate"],
                 "cells": [events.get(e, 0) for e in _COLUMNS],
                 "refreshes": sum(events.get(e, 0) for e in metrics.REFRESH_EVENTS if e != "stale_served"),
-                "other": {e: n for e, n in events.items() if e not in shown and not e.startswith("refresh_")},
+                "other": {
+                    e: n for e, n in events.items() if e not in _COLUMNS and not e.startswith("refresh_")
+                },
             }
         )
     return out

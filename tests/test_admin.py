@@ -394,6 +394,18 @@ def test_json_counts_a_workload_of_two_processes(viewer: Any) -> None:
     assert '<td class="num cp-rate">90.0 %</td>' in page
 
 
+@pytest.mark.django_db
+def test_counters_without_a_column_are_listed_on_their_row(viewer: Any) -> None:
+    stats.record("bypass", "testapp.author", 2)
+    stats.record("corrupt", "testapp.author")
+    stats.record("refresh_done", "testapp.author", 4)
+    page = as_user(viewer).get(PAGE).content.decode()
+    table = page.split('id="cp-labels"')[1].split("</tbody>")[0]
+    assert f'<span title="{stats.EVENTS["bypass"]}">bypass 2</span>' in table
+    assert f'<span title="{stats.EVENTS["corrupt"]}">corrupt 1</span>' in table
+    assert "refresh_done" not in table  # counted in the "refreshes" column
+
+
 # -- machine formats ------------------------------------------------------------------------------
 
 
