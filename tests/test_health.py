@@ -7,6 +7,7 @@ recorded in the real table.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -100,7 +101,10 @@ def test_evicted_keys_rising_since_an_earlier_sample(monkeypatch: Any) -> None:
         assert evicted > 0
         report = stats.report()
     (finding,) = [f for f in report["health"] if f["id"] == "evictions"]
-    assert finding["title"].startswith(f"Redis evicted {evicted} keys")
+    # The report's own writes (its samples) may push one more key out: at least.
+    match = re.match(r"Redis evicted (\d+) keys in the last 1 min", finding["title"])
+    assert match, finding
+    assert int(match[1]) >= evicted
 
 
 def test_memory_close_to_maxmemory() -> None:
