@@ -101,8 +101,9 @@ def test_evicted_keys_rising_since_an_earlier_sample(monkeypatch: Any) -> None:
         assert evicted > 0
         report = stats.report()
     (finding,) = [f for f in report["health"] if f["id"] == "evictions"]
-    # The report's own writes (its samples) may push one more key out: at least.
-    match = re.match(r"Redis evicted (\d+) keys in the last 1 min", finding["title"])
+    # The report's own writes (its samples) may push one more key out: at least; and
+    # the two reports may fall on either side of a minute's turn.
+    match = re.match(r"Redis evicted (\d+) keys in the last [12] min", finding["title"])
     assert match, finding
     assert int(match[1]) >= evicted
 
