@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-busy lint wheel bench clean stop-embedded
+.PHONY: demo test test-busy lint wheel bench screenshot clean stop-embedded
 
 $(STAMP): pyproject.toml requirements.txt requirements-mysql.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The README's picture of the admin page: the browser test (system Chromium through
+# Playwright, a live server, a scripted workload) saves its screenshot there too.
+screenshot: $(STAMP)
+	CP_SCREENSHOT=docs/admin-stats.png $(PY) -m pytest -q -m browser tests/test_admin_browser.py
 
 stop-embedded:
 	-$(PY) -m demo_project.embedded stop

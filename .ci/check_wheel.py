@@ -54,7 +54,11 @@ assert importlib.resources.files("cachepatterns_app").joinpath("py.typed").is_fi
 call_command("migrate", verbosity=0)
 assert "cachepatterns_app_pendinginvalidation" in connection.introspection.table_names()
 commands = {name for name, app in get_commands().items() if app == "cachepatterns_app"}
-assert {"cachepatterns_stats", "cachepatterns_invalidate"} <= commands, commands
+expected = {"stats", "invalidate", "warm", "flush", "dlq"}
+assert {f"cachepatterns_{name}" for name in expected} <= commands, commands
+package = importlib.resources.files("cachepatterns_app")
+assert package.joinpath("templates/admin/cachepatterns_app/stats/page.html").is_file()
+assert package.joinpath("static/cachepatterns_app/stats.js").is_file()
 print(f"ok: {where.parent} ({len(lua)} Lua scripts, commands {', '.join(sorted(commands))})")
 """
 

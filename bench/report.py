@@ -15,7 +15,7 @@ __all__ = ["ROWS", "TARGETS", "Target", "evaluate", "fmt_ns", "markdown", "text_
 #: (section, [(measurement, the measurement its ratio is taken against)]).
 ROWS: list[tuple[str, list[tuple[str, str]]]] = [
     (
-        "Single-row reads (issue 2, issue 4, issue 7)",
+        "Single-row reads (issue 2, issue 4, issue 7, issue 12)",
         [
             ("raw_get", "raw_get"),
             ("raw_lua_read", "raw_get"),
@@ -24,6 +24,9 @@ ROWS: list[tuple[str, list[tuple[str, str]]]] = [
             ("wt_read_after_write", "hit"),
             ("hit_identity", "hit"),
             ("hit_decode", "hit"),
+            ("hit_stats_off", "hit_stats_off"),
+            ("hit_stats_on", "hit_stats_off"),
+            ("stats_record", "hit_stats_off"),
             ("orm_get", "raw_get"),
             ("miss", "orm_get"),
         ],
@@ -130,6 +133,10 @@ TARGETS = [
         at_least=True,
     ),
     Target(
+        12, "hit with STATS True ≤ 1.05x the same hit with STATS False", "hit_stats_on", "hit_stats_off", 1.05
+    ),
+    Target(12, "stats.record() alone ≤ 0.05x of a hit", "stats_record", "hit_stats_off", 0.05),
+    Target(
         4,
         "read after a write-through save() is a hit at the hit cost (≤ 1.1x, 0 queries)",
         "wt_read_after_write",
@@ -198,7 +205,7 @@ def evaluate(results: dict[str, Summary], checks: dict[str, str]) -> list[dict[s
         if target.numerator == "wt_read_after_write":
             key = "Profile.objects.get(pk) right after a write-through save(): SQL queries"
             ok = ok and checks.get(key) == "0"
-        digits = 1 if target.at_least else 2
+        digits = 1 if target.at_least else 3 if target.limit < 0.1 else 2
         low, high = ratio_interval(num.samples, den.samples)
         if target.numerator.startswith("family_"):
             bounds = (2 - target.limit, target.limit)

@@ -22,6 +22,8 @@ from django_redis import get_redis_connection
 from bench.data import ATOMIC_SAVE_PK, HIT_PK, MISS_PK, ROW_PKS, SAVE_PK
 from bench.harness import Variant
 from bench.models import Author, Ledger, PlainAuthor, PlainLedger, PlainProfile, Profile
+from cachepatterns_app import stats
+from cachepatterns_app.conf import get_settings
 from cachepatterns_app.identity import database_identity
 from cachepatterns_app.keys import model_label, row_keys
 from cachepatterns_app.registry import row_cache_for
@@ -192,6 +194,45 @@ class RowBench:
                 lambda: Profile.objects.get(pk=WT_READ_PK),
                 before=self._write_through_save,
             ),
+        ]
+
+    def stats_variants(self) -> list[Variant]:
+        """
+        The same hit with STATS True and False, as a group of their own: with two
+        variants the rotation runs each after the other as often as after itself (in
+        a longer group a variant always follows the same neighbour, and a hit right
+        after another Redis round trip is faster than one after CPU-only work).
+        """
+        # STATS flipped in place in the cached settings (no setting_changed signal, so
+        # the store, its connections and scripts stay the same): the two hits differ
+        # only in whether stats.record() counts.
+        raw_settings = get_settings().raw
+        get = Author.objects.get
+
+        def hit_stats(on: bool) -> Callable[[], Any]:
+            def run() -> Any:
+                raw_settings["STATS"] = on
+                try:
+                    return get(pk=HIT_PK)
+                finally:
+                    raw_settings["STATS"] = True
+
+            return run
+
+        return [
+            Variant("hit_stats_on", "Author.objects.get(pk=…) hit, STATS True", hit_stats(True)),
+            Variant("hit_stats_off", "Author.objects.get(pk=…) hit, STATS False", hit_stats(False)),
+        ]
+
+    def record_variants(self) -> list[Variant]:
+        """stats.record() alone (its share of the once-a-second shipment included)."""
+        label = model_label(Author)
+        return [
+            Variant(
+                "stats_record",
+                "stats.record('hit', label) alone, its share of the once-a-second shipment included",
+                lambda: stats.record("hit", label),
+            )
         ]
 
     def bulk_variants(self) -> list[Variant]:

@@ -2,7 +2,8 @@
 The app's models.
 
 ``Stats`` has no table: it exists so that the admin has a page for cache
-statistics and a permission (``cachepatterns_app.view_cachestats``) to guard it.
+statistics and the permissions that guard it: ``cachepatterns_app.view_cachestats``
+to see it, ``cachepatterns_app.change_cachestats`` for its actions.
 ``PendingInvalidation`` is the durable copy of invalidations that could not reach
 Redis (see ``pending``). ``WriteBehindModel`` is the abstract base of models saved
 write-behind; ``WriteBehindTombstone`` remembers the sequence of flushed deletes,
@@ -22,7 +23,10 @@ class Stats(models.Model):
     class Meta:
         managed = False
         default_permissions = ()
-        permissions = [("view_cachestats", "Can view cache statistics")]
+        permissions = [
+            ("view_cachestats", "Can view cache statistics"),
+            ("change_cachestats", "Can act on the cache (flush, replay, purge, invalidate, reset)"),
+        ]
         verbose_name = "cache statistics"
         verbose_name_plural = "cache statistics"
 

@@ -20,7 +20,7 @@ from typing import Any
 from django.apps import apps
 from django.db import DatabaseError, router
 
-__all__ = ["as_command", "forget", "load", "persist"]
+__all__ = ["as_command", "forget", "load", "persist", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,16 @@ def load(limit: int = 1000) -> dict[Command, tuple[int, str]]:
         return {}
     rows = model.objects.using(router.db_for_write(model)).order_by("id")[:limit]
     return {as_command(row.command): (row.id, row.label) for row in rows}
+
+
+def summary() -> tuple[int, Any]:
+    """Return how many invalidations are recorded and when the oldest was (None: none)."""
+    model = _model()
+    if model is None:
+        return 0, None
+    rows = model.objects.using(router.db_for_write(model))
+    oldest = rows.order_by("created").values_list("created", flat=True).first()
+    return rows.count(), oldest
 
 
 def forget(commands: Iterable[Command]) -> None:

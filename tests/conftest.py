@@ -27,8 +27,7 @@ def _clean_state(redis: Any) -> Iterator[None]:
     if stale:
         redis.delete(*stale)
     with stats._lock:
-        stats._pending.clear()
-        stats._local.clear()
+        stats._discard_local()
     with invalidation._failed_lock:
         invalidation._failed.clear()
     yield

@@ -190,7 +190,7 @@ def _free_port() -> int:
 
 
 class PrivateRedis:
-    """A ``redis-server`` of this test's own, on a free loopback port."""
+    """A ``redis-server`` of this test's own, on a free loopback port (``options``: more server options)."""
 
     def __init__(self, *options: str) -> None:
         self.port = _free_port()
@@ -343,9 +343,9 @@ def traffic_to(port: int) -> Iterator[Traffic]:
 
 
 @contextlib.contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
+def private_redis(*extra: str) -> Iterator[PrivateRedis]:
     """Yield a private server, killed at the end whatever happens."""
-    server = PrivateRedis()
+    server = PrivateRedis(*extra)
     try:
         yield server
     finally:

@@ -1,4 +1,4 @@
-"""The management commands: cachepatterns_stats and cachepatterns_invalidate."""
+"""cachepatterns_stats and cachepatterns_invalidate (the other commands: test_operations_commands)."""
 
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ def test_stats_prints_per_label_counts_and_hit_rate():
     Author.objects.get(pk=ada.pk)
     table = run("cachepatterns_stats")
     row = next(line for line in table.splitlines() if line.startswith("testapp.author"))
-    assert "50.0%" in row
+    assert row.endswith("50.0 %")
+    assert "model    cache-aside" in row
     data = json.loads(run("cachepatterns_stats", "--json"))
-    assert data["testapp.author"]["hit"] == 1
-    assert data["testapp.author"]["miss"] == 1
+    assert data["labels"]["testapp.author"]["events"]["hit"] == 1
+    assert data["labels"]["testapp.author"]["events"]["miss"] == 1
+    assert data["labels"]["testapp.author"]["hit_rate"] == 0.5
 
 
 def test_invalidate_rows_by_primary_key(redis):
@@ -65,7 +67,9 @@ def test_invalidate_a_family_by_parameters(django_assert_num_queries):
     [
         (["nope"], "is not a model"),
         (["testapp.Post", "1"], "is not cached"),
-        (["testapp.Author"], "at least one primary key"),
+        ([], "Name a model"),
+        (["testapp.Author", "--param", "a=1"], "--param goes with --family"),
+        (["--family", "cmd:{author_id}:f", "--param", "author_id"], "name=value"),
         (["--family", "cmd:{author_id}:f", "author_id"], "name=value"),
         (["--family", "cmd:{author_id}:f", "other=1"], "needs parameter 'author_id'"),
     ],
@@ -120,3 +124,36 @@ def test_invalidate_a_family_with_a_parameter_it_does_not_use_warns(django_asser
     assert "does not use page; its parameters are author_id" in err
     with django_assert_num_queries(1):
         titles(ada.pk)  # invalidated all the same
+
+
+def test_invalidate_a_family_with_param_options(django_assert_num_queries):
+    ada = Author.objects.create(name="Ada", email="ada@example.com")
+    titles(ada.pk)
+    settle()
+    out = run("cachepatterns_invalidate", "--family", "cmd:{author_id}:f", "--param", f"author_id={ada.pk}")
+    assert f"Invalidated family 'cmd:{{author_id}}:f' for {{'author_id': '{ada.pk}'}}." in out
+    with django_assert_num_queries(1):
+        titles(ada.pk)
+
+
+def test_invalidate_every_row_of_a_model_without_scanning_redis(redis, django_assert_max_num_queries):
+    authors = [Author.objects.create(name=f"A{i}", email=f"a{i}@example.com") for i in range(5)]
+    for author in authors:
+        Author.objects.get(pk=author.pk)
+    settle()
+    assert all(redis.exists(keys_of(Author, a.pk).value) for a in authors)
+    out = run("cachepatterns_invalidate", "testapp.Author", "--batch", "2")
+    assert "Invalidated every testapp.Author row (5 row(s))." in out
+    assert not any(redis.exists(keys_of(Author, a.pk).value) for a in authors)
+
+
+def test_stats_says_when_redis_is_down():
+    down = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_TIMEOUT": 0.2, "SOCKET_CONNECT_TIMEOUT": 0.2},
+        }
+    }
+    with override_settings(CACHES=down), pytest.raises(CommandError, match="Redis is unavailable"):
+        call_command("cachepatterns_stats", stdout=StringIO())

@@ -75,3 +75,16 @@ def test_without_invalidating_manager_the_check_says_w004(tmp_path: Path) -> Non
     result = check(write_blog_project(tmp_path, broken))
     assert "cachepatterns.W004" in result.stderr, result.stdout + result.stderr
     assert "blog.Post" in result.stderr
+
+
+def test_every_metric_is_explained_in_the_readme() -> None:
+    from pathlib import Path
+
+    from cachepatterns_app import stats
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The metrics", 1)[1].split("### Scraping it", 1)[0]
+    missing = [
+        name for name in [*stats.EVENTS, *stats.DURATIONS, *stats.GAUGES] if f"`{name}`" not in section
+    ]
+    assert missing == []

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection
 
 from cachepatterns_app import stats
-from tests.support import PATIENCE, wait_until
+from tests.support import PATIENCE, cachepatterns, wait_until
 from tests.testapp.models import Author
 from tests.testapp.tasks import read_author
 
@@ -57,7 +57,7 @@ def test_a_shell_command_ships_its_counts_at_exit() -> None:
     # take far less than the one-second shipping interval).
     report = django_admin("cachepatterns_stats", "--json")
     assert report.returncode == 0, report.stderr
-    counts = json.loads(report.stdout)["testapp.author"]
+    counts = json.loads(report.stdout)["labels"]["testapp.author"]["events"]
     assert (counts["miss"], counts["hit"]) == (1, 4), counts
 
 
@@ -89,7 +89,8 @@ def test_a_forked_child_does_not_ship_its_parents_counts() -> None:
     pid = os.fork()
     if pid == 0:  # the child: report what it would ship, and leave at once
         try:
-            os.write(write, json.dumps([stats.local_counts(), dict(stats._pending)]).encode())
+            unshipped = {"|".join(k): n for k, n in stats._unshipped().items()}
+            os.write(write, json.dumps([stats.local_counts(), unshipped]).encode())
         finally:
             os._exit(0)
     os.close(write)
@@ -98,3 +99,66 @@ def test_a_forked_child_does_not_ship_its_parents_counts() -> None:
     os.close(read)
     assert child == [{}, {}]
     assert stats.local_counts()["fork-test|hit"] == 3  # the parent's are still the parent's
+
+
+def test_durations_from_two_processes_land_in_one_distribution() -> None:
+    # 0.3 ms, 2 ms and 40 ms here; 7 s in another process.
+    for seconds in (0.0003, 0.002, 0.04):
+        stats.observe("db_load", "observe-test", seconds)
+    code = "from cachepatterns_app import stats\nstats.observe('db_load', 'observe-test', 7.0)\n"
+    shell = django_admin("shell", "-c", code)
+    assert shell.returncode == 0, shell.stderr
+
+    cell = stats.durations()[("observe-test", "db_load")]
+    by_bound = dict(zip(stats.BUCKETS, cell["buckets"], strict=True))
+    assert (by_bound[0.0005], by_bound[0.0025], by_bound[0.05], by_bound[10.0]) == (1, 1, 1, 1)
+    assert sum(cell["buckets"]) == 4
+    assert cell["sum"] == pytest.approx(7.0423, abs=1e-6)  # kept in whole microseconds
+
+
+def recent(field: str) -> float | None:
+    # The last two minutes: a shipment may land just before the minute turns.
+    return next((f[field] for _, f in reversed(stats.history()[-2:]) if field in f), None)
+
+
+def test_gauges_keep_the_last_value_and_a_minute_of_history() -> None:
+    stats.gauge("wb_pending", "testapp.author", 5)
+    stats.gauge("wb_pending", "testapp.author", 3)
+    assert stats.gauges()[("testapp.author", "wb_pending")]["value"] == 3.0
+    assert recent("g|testapp.author|wb_pending") == 3.0
+
+
+def test_reset_forgets_counts_durations_gauges_and_history() -> None:
+    stats.record("hit", "reset-test")
+    stats.observe("db_load", "reset-test", 0.01)
+    stats.gauge("wb_pending", "reset-test", 1)
+    stats.flush()
+    assert recent("e|hit") == 1.0
+    stats.reset()
+    assert stats.snapshot() == {}
+    assert stats.durations() == {}
+    assert stats.gauges() == {}
+    assert all(fields == {} for _, fields in stats.history())
+
+
+def test_counting_a_hit_sends_nothing_to_redis(monkeypatch: Any) -> None:
+    """Stats on or off, fifty hits are fifty round trips: counting rides on nothing of its own."""
+    from django.test import override_settings
+
+    from tests.support import private_redis, traffic_to
+
+    monkeypatch.setattr(stats, "FLUSH_EVERY", 3600.0)  # no shipment falls due meanwhile
+    with private_redis() as server, override_settings(CACHES=server.caches()):
+        ada = Author.objects.create(name="Ada", email="ada@example.com")
+        Author.objects.get(pk=ada.pk)
+        Author.objects.get(pk=ada.pk)  # the fill has run: from here on, hits
+        sent = {}
+        for on in (True, False):
+            with cachepatterns(STATS=on):
+                Author.objects.get(pk=ada.pk)  # a fresh store after the override
+                with traffic_to(server.port) as traffic:
+                    for _ in range(50):
+                        Author.objects.get(pk=ada.pk)
+                sent[on] = (traffic.sends, traffic.replies, traffic.connects)
+    assert sent[True] == sent[False] == (50, 50, 0), sent
+    assert stats.local_counts()["testapp.author|hit"] >= 51

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import decimal
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import Any
@@ -336,11 +337,13 @@ class RowCache:
             except CacheUnavailable as e:
                 self._raise_unless_degrading(e)
         stats.record("miss", self.label, len(missing))
+        started = time.perf_counter()
         try:
             loaded = self._query(cache_db).in_bulk(list(missing))
         except BaseException:
             self._release_many([keys[pk] for pk in leased], token)
             raise
+        stats.observe("db_load", self.label, time.perf_counter() - started)
         fills = []
         filled: set[Any] = set()
         for pk, instance in loaded.items():
@@ -366,11 +369,13 @@ class RowCache:
             self._release(keys, token)
             stats.record("bypass", self.label)
             return self._query(read_db).get(pk=pk)
+        started = time.perf_counter()
         try:
             instance = self._query(cache_db).get(pk=pk)
         except BaseException:
             self._release(keys, token)
             raise
+        stats.observe("db_load", self.label, time.perf_counter() - started)
         if type(pk) is not int and self.keys(instance.pk, cache_db).value != keys.value:
             # The database matched another spelling of the key (a case- or accent-
             # insensitive collation): a write of the row would never reach this key.

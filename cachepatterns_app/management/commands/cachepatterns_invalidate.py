@@ -3,7 +3,12 @@
 after raw SQL or a data fix the app could not see.
 
     manage.py cachepatterns_invalidate blog.Author 1 2 3
+    manage.py cachepatterns_invalidate blog.Author            # every row, a batch at a time
+    manage.py cachepatterns_invalidate --family "author:{author_id}:posts" --param author_id=7
     manage.py cachepatterns_invalidate --family "author:{author_id}:posts" author_id=7
+
+With no primary key every row the database has is invalidated (the database says
+which rows there are; Redis is never scanned).
 
 A family template that no ``@cache_aside`` function declared in this process uses
 (a typo, most likely) is still invalidated — the function may live in a module this
@@ -18,26 +23,42 @@ import string
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from cachepatterns_app.catalog import family_templates
 from cachepatterns_app.invalidation import pending_retries
+from cachepatterns_app.maintenance import invalidate_all
 from cachepatterns_app.operations import invalidate, invalidate_family
 from cachepatterns_app.registry import row_cache_for
 
 
 class Command(BaseCommand):
-    help = "Invalidate cached rows (MODEL PK...) or a family (--family TEMPLATE name=value...)."
+    help = (
+        "Invalidate cached rows (MODEL [PK...]; no PK: every row) or a family "
+        "(--family TEMPLATE --param name=value...)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("target", help="app_label.Model, or with --family the parameters name=value")
+        parser.add_argument(
+            "target", nargs="?", help="app_label.Model, or with --family a parameter name=value"
+        )
         parser.add_argument("values", nargs="*", help="primary keys, or more name=value parameters")
         parser.add_argument("--family", help="a family template, e.g. 'author:{author_id}:posts'")
+        parser.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a family parameter (repeatable)",
+        )
+        parser.add_argument("--batch", type=int, default=1000, help="rows per batch for a whole model")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["family"]:
             params = {}
-            for item in [options["target"], *options["values"]]:
+            given = [options["target"], *options["values"]] if options["target"] else list(options["values"])
+            for item in [*options["param"], *given]:
                 name, sep, value = item.partition("=")
                 if not sep:
                     raise CommandError(f"Family parameters are name=value pairs; got {item!r}.")
@@ -49,6 +70,10 @@ class Command(BaseCommand):
                 raise CommandError(str(e)) from e
             self._report(f"family {options['family']!r} for {params}")
             return
+        if options["param"]:
+            raise CommandError("--param goes with --family.")
+        if not options["target"]:
+            raise CommandError("Name a model (app_label.Model [PK...]) or a family (--family TEMPLATE).")
         try:
             model = apps.get_model(options["target"])
         except (LookupError, ValueError) as e:
@@ -57,9 +82,16 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{model._meta.label} is not cached (no CacheAsideManager/WriteThroughManager)."
             )
-        if not options["values"]:
-            raise CommandError("Give at least one primary key.")
-        invalidate(model, *options["values"])
+        try:
+            if not options["values"]:
+                done = 0
+                for done in invalidate_all(model, batch=options["batch"]):  # noqa: B007 - the last is the total
+                    pass
+                self._report(f"every {model._meta.label} row ({done} row(s))")
+                return
+            invalidate(model, *options["values"])
+        except (ValueError, ValidationError) as e:
+            raise CommandError(f"Not a primary key of {model._meta.label}: {e}") from e
         self._report(f"{len(options['values'])} {model._meta.label} row(s)")
 
     def _warn_if_unknown(self, template: str, params: dict[str, str]) -> None:

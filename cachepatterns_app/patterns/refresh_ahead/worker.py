@@ -227,9 +227,7 @@ def run(job: Job) -> str:
         logger.warning("Refresh of %s abandoned: %s", job.label, e)
         return FAILED
     stats.record("refresh_done", job.label)
-    observe = getattr(stats, "observe", None)
-    if observe is not None:
-        observe("refresh_seconds", job.label, seconds)
+    stats.observe("refresh", job.label, seconds)
     return DONE
 
 

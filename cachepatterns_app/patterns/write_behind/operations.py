@@ -70,7 +70,9 @@ def status() -> dict[str, Any]:
                 }
             )
         except CacheUnavailable as e:
-            out.append({"label": cache.label, "error": str(e)})
+            # The same keys as a healthy entry, so a page or script need not test for them.
+            unknown = dict.fromkeys(("pending", "stream_length", "oldest_pending_age", "dead_letters"))
+            out.append({"label": cache.label, **unknown, "consumers": 0, "delivered": 0, "error": str(e)})
     return {"enabled": bool(out), "models": out}
 
 
