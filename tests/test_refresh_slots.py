@@ -135,6 +135,10 @@ def test_family_members_refresh_under_the_generation_they_were_read_at(redis, sc
     assert refresh["generation"] == generation
     assert refresh_function(**refresh) == "done"
     assert redis.pttl(value) > 12_000
+    from cachepatterns_app import stats
+
+    timing = stats.durations()[("ra:owner:{owner}:titles", "refresh")]
+    assert sum(timing["buckets"]) == 1  # the refresh's duration, in the admin page's histograms
     assert redis.exists(family.member_meta(generation, "ra:owner:3:titles"))
     # A message without its generation cannot be checked, so it is refused.
     assert refresh_function(**{**refresh, "generation": None}) == "failed"
