@@ -88,7 +88,7 @@ EVENTS: dict[str, str] = {
     "refresh_scheduled": "refresh-ahead: background refresh scheduled (key near expiry)",
     "refresh_done": "refresh-ahead: background refresh stored a fresh value",
     "refresh_failed": "refresh-ahead: background refresh failed; the old value was kept",
-    "refresh_skipped": "refresh-ahead: refresh result not stored (the key was invalidated, rewritten or taken over)",
+    "refresh_skipped": "refresh-ahead: result not stored (key invalidated, rewritten or taken over)",
     "stale_served": "refresh-ahead: the current value served while its refresh runs",
     # write-behind
     "wb_queued": "write-behind: write queued in Redis, to be flushed to the database",
