@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.profiling import PATHS as PROFILE_PATHS
+
 __all__ = ["main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"), help="the Markdown report")
     p.add_argument(
         "--profile",
-        choices=["hit", "miss", "save", "wt_save", "page", "get_many"],
+        choices=list(PROFILE_PATHS),
         help="instead of benchmarking, cProfile one path and print where its time goes",
     )
     return p

@@ -18,7 +18,7 @@ from django.db import models
 __all__ = ["PATHS", "profile"]
 
 CALLS = 20_000
-PATHS = ("hit", "miss", "save", "wt_save", "page", "get_many")
+PATHS = ("hit", "miss", "save", "wt_save", "wb_save", "wb_flush", "page", "get_many")
 
 
 def _path(name: str) -> tuple[Callable[[], Any], int]:
@@ -49,6 +49,11 @@ def _path(name: str) -> tuple[Callable[[], Any], int]:
             row.save()
 
         return save, CALLS // 10
+    if name == "wb_save":
+        from bench.write_behind import WriteBehindBench
+
+        variant = next(v for v in WriteBehindBench().save_variants() if v.name == "wb_save")
+        return variant.run, CALLS // 10
     if name == "get_many":
         return (lambda: Author.objects.get_many(ROW_PKS)), CALLS // 20
     from bench.pages import PageBench
@@ -59,7 +64,26 @@ def _path(name: str) -> tuple[Callable[[], Any], int]:
     return variant.run, CALLS
 
 
+def _profile_flush() -> cProfile.Profile:
+    """Profile only the flushes of 100-row batches of queued creates (not the queueing)."""
+    from bench.write_behind import WriteBehindBench, _row
+    from cachepatterns_app.patterns.write_behind.flush import flush_model
+
+    bench = WriteBehindBench()
+    bench.drain()
+    profiler = cProfile.Profile()
+    for b in range(CALLS // 1000):
+        for i in range(100):
+            _row(b * 100 + i + 1).save()
+        profiler.enable()
+        flush_model(bench.cache, "default", consumer="bench")
+        profiler.disable()
+    return profiler
+
+
 def profile(name: str) -> int:
+    if name == "wb_flush":
+        return _report(name, _profile_flush(), CALLS // 10)
     run, calls = _path(name)
     for _ in range(200):
         run()
@@ -68,6 +92,10 @@ def profile(name: str) -> int:
     for _ in range(calls):
         run()
     profiler.disable()
+    return _report(name, profiler, calls)
+
+
+def _report(name: str, profiler: cProfile.Profile, calls: int) -> int:
     for order, restriction in (("tottime", 25), ("cumulative", 25), ("tottime", "cachepatterns_app")):
         out = io.StringIO()
         stats = pstats.Stats(profiler, stream=out)
