@@ -60,6 +60,7 @@ ROWS: list[tuple[str, list[tuple[str, str]]]] = [
         [
             ("wb_plain_save", "wb_plain_save"),
             ("wb_save", "wb_plain_save"),
+            ("wb_raw_multi", "wb_plain_save"),
             ("wb_flush_row", "wb_plain_save"),
         ],
     ),

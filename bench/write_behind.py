@@ -42,7 +42,25 @@ class WriteBehindBench:
         self.plain = PlainAuthor.objects.get(pk=SAVE_PK)
 
     def save_variants(self) -> list[Variant]:
+        from django_redis import get_redis_connection
+
+        from cachepatterns_app.patterns.write_behind.state import encode_fields
+
         queued, plain = self.queued, self.plain
+        redis = get_redis_connection("default")
+        # The floor a queued save can reach: the same row state written to a hash and
+        # appended to a stream in one MULTI, with no Django or checks around it.
+        state = encode_fields(
+            self.cache.codec,
+            {f.attname: getattr(queued, f.attname) for f in QueuedAuthor._meta.concrete_fields},
+        )
+        floor_row, floor_stream = "cpbench:{wbfloor}:row", "cpbench:{wbfloor}:stream"
+
+        def raw_multi() -> None:
+            pipe = redis.pipeline(transaction=True)
+            pipe.hset(floor_row, mapping=dict(zip(state[::2], state[1::2], strict=True)))
+            pipe.xadd(floor_stream, {"pk": str(queued.pk), "seq": "1"}, maxlen=1000, approximate=True)
+            pipe.execute()
 
         def queued_save() -> None:
             queued.post_count += 1
@@ -55,6 +73,9 @@ class WriteBehindBench:
         return [
             Variant("wb_plain_save", "PlainAuthor save() (no cache), beside the queued save", plain_save),
             Variant("wb_save", "QueuedAuthor save() write-behind (queued in Redis)", queued_save),
+            Variant(
+                "wb_raw_multi", "raw redis-py MULTI{HSET, XADD} of that row's state (the floor)", raw_multi
+            ),
         ]
 
     def drain(self) -> None:
