@@ -15,9 +15,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from django_redis import get_redis_connection
-
 from cachepatterns_app import refresh_ahead
+from cachepatterns_app.store import get_store
 from tests.refreshapp.models import Headline
 
 __all__ = ["owner_titles", "steady", "wide", "xfetched"]
@@ -32,7 +31,8 @@ def flag(kind: str, name: str) -> str:
 
 def load(name: str) -> int:
     """Count one run of loader ``name``; raise or wait as the test's flags say."""
-    redis = get_redis_connection("default")
+    # Through the app's store: the same client on django-redis and Django's RedisCache.
+    redis = get_store("default").client
     n = int(redis.incr(flag("calls", name)))
     if redis.exists(flag("hold", name)):
         redis.set(flag("entered", name), n)
