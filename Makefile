@@ -40,7 +40,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check $(PY_SOURCES)
 	$(VENV)/bin/mypy cachepatterns_app
 
+# The alternatives it compares against (django-cacheops, django-cachalot): the bench extra.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench
 
 # The README's picture of the admin page: the browser test (system Chromium through
