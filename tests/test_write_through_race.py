@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import pytest
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import F
 
 from cachepatterns_app import store as store_module
@@ -254,6 +254,68 @@ def test_a_put_arriving_after_a_later_bulk_write_or_delete_leaves_no_older_row(r
             Profile.objects.get(pk=pk)
     else:
         assert state(Profile.objects.get(pk=pk)) == state(existing(pk))
+
+
+def _delete_elsewhere(pk: Any) -> None:
+    """Delete row ``pk`` on another connection, bypassing the ORM: a deleter that has
+    committed and whose tombstone has not reached Redis yet."""
+
+    def run() -> None:
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute(f"DELETE FROM {Profile._meta.db_table} WHERE id = %s", [pk])
+        finally:
+            connections.close_all()
+
+    worker = Worker(run, name="deleter")
+    worker.start()
+    worker.result()
+
+
+@pytest.mark.parametrize("write", ["save", "update_fields", "update", "bulk_update"])
+def test_a_write_whose_row_is_deleted_before_its_read_back_leaves_no_older_copy(redis, write):
+    """
+    A write commits, then another connection deletes the row before this write reads
+    it back to put it (its deleter's tombstone still on its way). The write's own
+    cache work must not leave the copy from before the write readable once it returns:
+    the stress run once read version 2 back right after its save of version 3.
+    """
+    profile = make()
+    Profile.objects.get(pk=profile.pk)
+    assert cached(redis, profile.pk) is not None  # version 0 is cached
+    connection = connections["default"]
+    table = Profile._meta.db_table
+    seen = {"update": False, "deleted": False}
+
+    def delete_before_read_back(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE") and table in sql:
+            seen["update"] = True
+        elif (
+            sql.startswith("SELECT")
+            and seen["update"]
+            and not seen["deleted"]
+            and not connection.in_atomic_block
+        ):
+            seen["deleted"] = True  # committed, and reading: this is the read-back
+            _delete_elsewhere(profile.pk)
+        return execute(sql, params, many, context)
+
+    writes = {"save": save, "update_fields": partial_save, "bulk_update": bulk_update, **OTHER_WRITES}
+    with connection.execute_wrapper(delete_before_read_back):
+        writes[write](profile.pk, "new")
+
+    if not seen["deleted"]:
+        # MySQL's LAST_INSERT_ID gives a full save its version: it puts what it wrote
+        # without reading it back, and that row is the write's own.
+        assert write == "save", "the write never read its row back"
+        assert connection.vendor == "mysql", "the write never read its row back"
+        assert cached(redis, profile.pk).name == "new"  # type: ignore[union-attr]
+        return
+    assert db_row(profile.pk) is None
+    assert cached(redis, profile.pk) is None, "the copy from before the write is still cached"
+    assert redis.get(keys_of(Profile, profile.pk).version) == b"x"
+    with pytest.raises(Profile.DoesNotExist):
+        Profile.objects.get(pk=profile.pk)
 
 
 # -- a reader's fill against a writer's put ---------------------------------------------

@@ -297,7 +297,10 @@ class WriteThroughRowCache(RowCache):
         rows: models.QuerySet[Any, Any] = models.QuerySet(self.model, using=using).filter(pk__in=pks)
         puts = []
         unstorable = []
+        found: set[str] = set()
         for row in rows:
+            keys = self.keys(row.pk, using)
+            found.add(keys.value)
             if instance is not None and row.pk == instance.pk:
                 # Tell the saved instance which version it now has (it held an expression).
                 setattr(instance, self.version.attname, getattr(row, self.version.attname))
@@ -305,10 +308,22 @@ class WriteThroughRowCache(RowCache):
             if payload is None:
                 unstorable.append(row.pk)
                 continue
-            keys = self.keys(row.pk, using)
             puts.append((keys, self.put_command(keys, int(getattr(row, self.version.attname) or 0), payload)))
         if unstorable:
             send(dict(self.invalidation(unstorable, using)))
+        # A row this write committed but the read-back no longer finds was deleted in
+        # between, and the deleter's tombstone is still on its way: without one of our
+        # own, the cached copy from before our write stays readable after save()
+        # returns. The tombstone is the deleter's, sent early (idempotent).
+        gone = []
+        for pk in pks:
+            try:
+                if self.keys(pk, using).value not in found:
+                    gone.append(pk)
+            except NotCanonical:
+                continue  # no read can have filled a key for it either
+        if gone:
+            send(dict(self.deletion(gone, using)))
         self._put(puts)
 
     def _put(self, puts: list[tuple[RowKeys, Command]]) -> None:
