@@ -64,8 +64,13 @@ class Worker:
             return f.read()
 
 
-def start_worker(queue: str, *, pool: str = "solo", extra_env: dict[str, str] | None = None) -> Worker:
-    """Start a worker on ``queue`` using the session's test database; wait until it answers."""
+def start_worker(
+    queue: str, *, pool: str = "solo", concurrency: int = 1, extra_env: dict[str, str] | None = None
+) -> Worker:
+    """
+    Start a worker on ``queue`` (``concurrency`` processes of ``pool``) using the
+    session's test database; wait until it answers.
+    """
     import os
     import subprocess
     import sys
@@ -99,7 +104,7 @@ def start_worker(queue: str, *, pool: str = "solo", extra_env: dict[str, str] | 
             "-P",
             pool,
             "-c",
-            "1",
+            str(concurrency),
             "-Q",
             queue,
             "-l",
