@@ -332,7 +332,15 @@ class Lost(Exception):
 def _retriable(error: OperationalError) -> bool:
     code = error.args[0] if error.args else None
     # MySQL 1213 deadlock / 1205 lock wait timeout; SQLite's busy database.
-    return code in (1213, 1205) or "database is locked" in str(error).lower()
+    # PostgreSQL locks the rows of a multi-row UPDATE in scan (heap) order, not by
+    # primary key as InnoDB does, so overlapping writers deadlock there too: 40P01
+    # deadlock, 40001 serialization failure, 55P03 lock not available.
+    sqlstate = getattr(error.__cause__, "sqlstate", None)
+    return (
+        code in (1213, 1205)
+        or sqlstate in ("40P01", "40001", "55P03")
+        or "database is locked" in str(error).lower()
+    )
 
 
 class Stress:
