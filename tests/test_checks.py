@@ -537,3 +537,22 @@ def test_w005_snapshot_isolation(
         assert "'w005'" in found[0][1]
     else:
         assert found == []
+
+
+@pytest.mark.parametrize(
+    ("name", "warned"),
+    [("REPEATABLE_READ", True), ("SERIALIZABLE", True), ("READ_COMMITTED", False), (None, False)],
+)
+def test_w005_postgresql_snapshot_isolation(
+    name: str | None, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Django's PostgreSQL backend takes the driver's IsolationLevel, not a string.
+    pytest.importorskip("psycopg")
+    from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+    options = {} if name is None else {"isolation_level": IsolationLevel[name]}
+    monkeypatch.setitem(
+        connections.settings, "w005", {"ENGINE": "django.db.backends.postgresql", "OPTIONS": options}
+    )
+    found = [m.id for m in check_isolation()]
+    assert found == (["cachepatterns.W005"] if warned else [])

@@ -321,7 +321,42 @@ def test_read_only_transaction_fills_per_isolation_level(redis, authors):
         assert getattr(connection, "isolation_level", None) == "read committed"
         assert filled
     else:
-        pytest.skip(f"no expectation written for {connection.vendor}")
+        # PostgreSQL: Django leaves the server's default, READ COMMITTED, where every
+        # statement sees the latest commits, so a read-only transaction may fill.
+        assert connection.vendor == "postgresql"
+        assert transaction_isolation() == "read committed"
+        assert filled
+
+
+def transaction_isolation() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW transaction_isolation")
+        (level,) = cursor.fetchone()
+    return str(level)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's isolation_level option")
+@pytest.mark.parametrize("level", ["REPEATABLE_READ", "SERIALIZABLE"])
+def test_postgresql_snapshot_transactions_do_not_fill(redis, authors, monkeypatch, level):
+    # A transaction's snapshot is taken at its first statement, possibly before a write
+    # that committed and invalidated since: what it reads must never be cached.
+    from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+    target = authors[0]
+    options = {**connection.settings_dict.get("OPTIONS", {}), "isolation_level": IsolationLevel[level]}
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", options)
+    connection.close()
+    try:
+        with transaction.atomic():
+            assert transaction_isolation() == level.replace("_", " ").lower()
+            assert Author.objects.get(pk=target.pk).name == "A0"
+            settle()
+            assert not cached(redis, target)
+        Author.objects.get(pk=target.pk)  # autocommit: each statement is its own snapshot
+        settle()
+        assert cached(redis, target)
+    finally:
+        connection.close()  # the next test connects with the suite's own options
 
 
 # -- cost of invalidation ----------------------------------------------------------------------

@@ -271,8 +271,14 @@ def check_isolation(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     for alias in connections:
         config = connections.settings[alias]
         engine = config.get("ENGINE", "")
-        level = str(config.get("OPTIONS", {}).get("isolation_level", "read committed")).lower()
-        if "mysql" in engine and level not in ("read committed", "read uncommitted"):
+        option = config.get("OPTIONS", {}).get("isolation_level")
+        if "postgresql" in engine:
+            level = _postgresql_level(option)
+        elif "mysql" in engine:
+            level = str(option or "read committed").lower()
+        else:
+            continue
+        if level not in ("read committed", "read uncommitted"):
             out.append(
                 Warning(
                     f"Database {alias!r} runs at isolation level {level!r}.",
@@ -283,3 +289,18 @@ def check_isolation(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 )
             )
     return out
+
+
+def _postgresql_level(option: Any) -> str:
+    """Return the level an ``isolation_level`` option of Django's PostgreSQL backend names."""
+    if option is None:
+        return "read committed"  # the server's default unless its configuration changed it
+    try:
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+    except ImportError:  # no driver here: the database cannot be used anyway
+        return "read committed"
+    try:
+        # By name: psycopg2 and psycopg 3 number the levels differently.
+        return IsolationLevel(option).name.replace("_", " ").lower()
+    except ValueError:
+        return str(option).lower()

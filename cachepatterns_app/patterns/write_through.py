@@ -156,7 +156,10 @@ class WriteThroughRowCache(RowCache):
         original = getattr(instance, field.attname)
         state = _SaveState("increment")
         mysql = connection.vendor == "mysql"
-        state.guard = _VersionGuard(instance, field, original, mysql)
+        # PostgreSQL returns the new version in the UPDATE's reply: no read-back.
+        column = connection.ops.quote_name(field.column or field.attname)
+        returning = column if connection.vendor == "postgresql" else None
+        state.guard = _VersionGuard(instance, field, original, mysql, returning)
         connection.execute_wrappers.append(state.guard)
         if mysql:
             setattr(instance, field.attname, _NextVersion(field.column or field.attname, field))
@@ -385,13 +388,22 @@ class _SaveState:
 class _VersionGuard:
     """
     An execute wrapper around the UPDATE that increments the version. It learns the
-    new version where the backend says it (MySQL's ``LAST_INSERT_ID``), and gives the
+    new version where the backend says it (MySQL's ``LAST_INSERT_ID``, PostgreSQL's
+    ``RETURNING``: the value this UPDATE wrote, under its row lock), and gives the
     instance back its integer version if the UPDATE fails (an ``IntegrityError``) or
     matched no row (Django then inserts it) — never leaving the expression behind.
     """
 
-    def __init__(self, instance: Model, field: Field[Any, Any], original: Any, mysql: bool) -> None:
+    def __init__(
+        self,
+        instance: Model,
+        field: Field[Any, Any],
+        original: Any,
+        mysql: bool,
+        returning: str | None = None,
+    ) -> None:
         self.instance = instance
+        self.returning = returning
         self.attname = field.attname
         self.table = field.model._meta.db_table if field.model else ""
         self.original = original
@@ -403,6 +415,9 @@ class _VersionGuard:
         if self.done or not sql.startswith("UPDATE") or self.table not in sql:
             return execute(sql, params, many, context)
         self.done = True
+        returning = self.returning is not None and not many and " RETURNING " not in sql.upper()
+        if returning:
+            sql = f"{sql} RETURNING {self.returning}"
         try:
             result = execute(sql, params, many, context)
         except BaseException:
@@ -413,6 +428,9 @@ class _VersionGuard:
             self.instance.__dict__[self.attname] = self.original
         elif self.mysql and "LAST_INSERT_ID" in sql:
             self.version = int(cursor.lastrowid)
+            self.instance.__dict__[self.attname] = self.version
+        elif returning and cursor.rowcount == 1:
+            self.version = int(cursor.fetchone()[0])
             self.instance.__dict__[self.attname] = self.version
         elif isinstance(self.original, int):
             # The database knows the exact value (a concurrent writer may have moved
