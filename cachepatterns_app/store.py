@@ -203,7 +203,9 @@ class Store:
             for command in batch:
                 if command[0] == "SCRIPT":
                     _, name, keys, args = command
-                    pipe.evalsha(self._sha(name), len(keys), *keys, *args)
+                    # execute_command, not pipe.evalsha(): redis-py's ClusterPipeline
+                    # blocks the method but routes the raw EVALSHA by its first key.
+                    pipe.execute_command("EVALSHA", self._sha(name), len(keys), *keys, *args)
                 else:
                     pipe.execute_command(*command)
             try:
