@@ -48,7 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ClusterClient", "cluster_kwargs", "startup_nodes"]
+__all__ = ["ClusterClient", "ClusterUnreachable", "cluster_kwargs", "startup_nodes"]
 
 _ERRORS = (RedisConnectionError, RedisTimeoutError, ResponseError, RedisClusterException, OSError)
 
@@ -128,6 +128,16 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+class ClusterUnreachable(ConnectionInterrupted, RedisConnectionError):
+    """
+    No startup node answered while the cluster client was being built.
+
+    Both django-redis's ``ConnectionInterrupted`` (so the cache API and its
+    ``IGNORE_EXCEPTIONS`` mode treat it as an outage) and redis-py's
+    ``ConnectionError`` (so the app's circuit breaker does).
+    """
+
+
 class ClusterClient(DefaultClient):  # type: ignore[type-arg]
     """A django-redis client whose connection is one ``RedisCluster``."""
 
@@ -161,7 +171,7 @@ class ClusterClient(DefaultClient):  # type: ignore[type-arg]
                             **self._cluster_kwargs,
                         )
                     except _ERRORS as e:
-                        raise ConnectionInterrupted(connection=None) from e
+                        raise ClusterUnreachable(connection=None) from e
                     _clusters[self._cluster_key] = cluster
         return cluster
 

@@ -184,10 +184,15 @@ class Store:
         """Return the values of ``keys`` (None where missing), one round trip per node."""
         if not keys:
             return []
-        client = self.client
-        if self.is_cluster:
-            return self.guard(lambda: list(client.mget_nonatomic(keys)))
-        return self.guard(lambda: list(client.mget(keys)))
+
+        def run() -> list[bytes | None]:
+            # Inside the guard: building a cluster client connects (and may fail).
+            client = self.client
+            if self.is_cluster:
+                return list(client.mget_nonatomic(keys))
+            return list(client.mget(keys))
+
+        return self.guard(run)
 
     def pipeline(self, commands: Iterable[tuple[Any, ...]], *, raise_on_error: bool = True) -> list[Any]:
         """

@@ -252,6 +252,11 @@ def _ping(client: Any) -> None:
     every management command, which must not hang on a dead Redis, and must not open
     the circuit breaker of the process either.
     """
+    if hasattr(client, "get_primaries"):
+        # A cluster: every primary owns a share of the keys, so each must answer.
+        for node in client.get_primaries():
+            _ping(node.redis_connection)
+        return
     pool = client.connection_pool
     connection = pool.connection_class(
         **{**pool.connection_kwargs, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
