@@ -80,7 +80,7 @@ def startup_nodes(location: str | Iterable[str]) -> tuple[list[ClusterNode], dic
                 f"Cluster LOCATION entry {raw!r} names database {db}; Redis Cluster has only "
                 "database 0. Drop the /db part of the URL (isolate with KEY_PREFIX instead)."
             )
-        nodes.append(ClusterNode(url.hostname, url.port or 6379))
+        nodes.append(ClusterNode(url.hostname, url.port or 6379))  # type: ignore[no-untyped-call]
         if url.scheme == "rediss":
             options["ssl"] = True
         if url.username:
@@ -128,7 +128,7 @@ def _freeze(value: Any) -> Any:
     return value
 
 
-class ClusterUnreachable(ConnectionInterrupted, RedisConnectionError):
+class ClusterUnreachable(ConnectionInterrupted, RedisConnectionError):  # type: ignore[misc]
     """
     No startup node answered while the cluster client was being built.
 
@@ -138,7 +138,7 @@ class ClusterUnreachable(ConnectionInterrupted, RedisConnectionError):
     """
 
 
-class ClusterClient(DefaultClient):  # type: ignore[type-arg]
+class ClusterClient(DefaultClient):  # type: ignore[misc]
     """A django-redis client whose connection is one ``RedisCluster``."""
 
     def __init__(self, server: Any, params: dict[str, Any], backend: Any) -> None:
@@ -171,7 +171,7 @@ class ClusterClient(DefaultClient):  # type: ignore[type-arg]
                             **self._cluster_kwargs,
                         )
                     except _ERRORS as e:
-                        raise ClusterUnreachable(connection=None) from e
+                        raise ClusterUnreachable(None) from e
                     _clusters[self._cluster_key] = cluster
         return cluster
 
@@ -184,7 +184,9 @@ class ClusterClient(DefaultClient):  # type: ignore[type-arg]
 
     # -- multi-key commands, split by slot or run on every primary ------------
 
-    def get_many(self, keys: Collection[str], version: int | None = None, client: Any = None) -> dict[Any, Any]:
+    def get_many(
+        self, keys: Collection[str], version: int | None = None, client: Any = None
+    ) -> dict[Any, Any]:
         """Return the cached values of ``keys`` (one ``MGET`` per slot)."""
         if client is None:
             client = self.get_client(write=False)
@@ -195,7 +197,11 @@ class ClusterClient(DefaultClient):  # type: ignore[type-arg]
             results = client.mget_nonatomic(list(map_keys))
         except _ERRORS as e:
             raise ConnectionInterrupted(connection=client) from e
-        return {map_keys[key]: self.decode(value) for key, value in zip(map_keys, results, strict=True) if value is not None}
+        return {
+            map_keys[key]: self.decode(value)
+            for key, value in zip(map_keys, results, strict=True)
+            if value is not None
+        }
 
     def set_many(
         self,

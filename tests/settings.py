@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -111,7 +112,7 @@ else:
 REDIS_CLUSTER = os.environ.get("CP_REDIS_CLUSTER", "")
 
 
-def cluster_cache(location: str) -> dict[str, object]:
+def cluster_cache(location: str) -> dict[str, Any]:
     """Return a CACHES entry for the cluster whose nodes ``location`` names."""
     return {
         "BACKEND": "django_redis.cache.RedisCache",

@@ -89,7 +89,11 @@ def check_write_behind_redis(*, app_configs: Any = None, **kwargs: Any) -> list[
     try:
         client = get_store().client
         # A cluster: every primary holds some queues, so the worst node decides.
-        nodes = [n.redis_connection for n in client.get_primaries()] if hasattr(client, "get_primaries") else [client]
+        nodes = (
+            [n.redis_connection for n in client.get_primaries()]
+            if hasattr(client, "get_primaries")
+            else [client]
+        )
         policies = [_config(node, "maxmemory-policy") for node in nodes]
         policy = next((p for p in policies if p and p.startswith("allkeys-")), policies[0])
         infos = [node.info("persistence") for node in nodes]
