@@ -211,6 +211,8 @@ def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[0] != "run" or argv[1] != "--":
         print("usage: python -m tests.cluster run -- <command> [args…]", file=sys.stderr)
         return 2
+    # A TERM (CI timeout, Ctrl-C of a parent) unwinds the with-block: nodes killed, dir removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with LocalCluster() as cluster:
         print(f"Redis Cluster on {cluster.location}", flush=True)
         env = {**os.environ, "CP_REDIS_CLUSTER": cluster.location}
