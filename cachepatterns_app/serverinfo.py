@@ -114,6 +114,16 @@ def facts(store: Store) -> dict[str, Any]:
     return parse(info, policy, save, db)
 
 
+def _human_bytes(n: int) -> str:
+    """Return ``n`` bytes the way INFO's ``*_human`` fields spell it (``1.23M``)."""
+    size = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.2f}{unit}" if unit != "B" else f"{int(size)}B"
+        size /= 1024
+    return f"{size:.2f}T"  # pragma: no cover - the loop returns
+
+
 def _cluster_facts(store: Store) -> dict[str, Any]:
     """
     Return the facts of a cluster: INFO from every primary (one call each, in
@@ -150,7 +160,7 @@ def _cluster_facts(store: Store) -> dict[str, Any]:
         "db_keys",
     ):
         out[name] = sum(int(n.get(name) or 0) for n in nodes)
-    out["used_memory_human"] = None
+    out["used_memory_human"] = _human_bytes(out["used_memory"])
     hits, misses = out["keyspace_hits"], out["keyspace_misses"]
     out["keyspace_hit_rate"] = hits / (hits + misses) if hits + misses else None
     if any(n["aof_enabled"] is False for n in nodes):

@@ -296,3 +296,36 @@ def test_stats_and_server_facts_work_on_a_cluster(redis):
     facts = serverinfo.facts(get_store())
     assert facts["available"] is True
     assert facts.get("cluster_nodes") == 3
+
+
+# -- the client's configuration ------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_options_reach_every_node_and_a_database_other_than_0_is_refused(redis, cluster_location):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from cachepatterns_app.cluster import cluster_kwargs, startup_nodes
+
+    for node in redis.get_primaries():
+        kwargs = node.redis_connection.connection_pool.connection_kwargs
+        assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (1.0, 1.0)
+    nodes, options = startup_nodes("rediss://u:p%40ss@10.0.0.1:7000, redis://10.0.0.2")
+    assert [(n.host, n.port) for n in nodes] == [("10.0.0.1", 7000), ("10.0.0.2", 6379)]
+    assert options == {"ssl": True, "username": "u", "password": "p@ss"}
+    assert cluster_kwargs({"CONNECTION_POOL_KWARGS": {"max_connections": 5}}) == {"max_connections": 5}
+    with pytest.raises(ImproperlyConfigured, match="only database 0"):
+        startup_nodes(["redis://127.0.0.1:7000/3"])
+    with pytest.raises(ImproperlyConfigured, match="redis://host:port"):
+        startup_nodes("127.0.0.1:7000")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unreachable_cluster_degrades_reads_to_the_database(settings, counts):
+    ada = Author.objects.create(name="ada", email="ada@example.org")
+    nobody = harness._free_ports(1)[0]
+    settings.CACHES = {"default": cluster_cache(f"redis://127.0.0.1:{nobody}")}
+    n, got = queries(lambda: Author.objects.get(pk=ada.pk))
+    assert (n, got.name) == (1, "ada")
+    assert counts("testapp.author").get("degraded", 0) >= 1
+    assert get_store().breaker.state == "open"  # the next read does not wait again
