@@ -24,10 +24,10 @@ the node that owns the key's slot. ``RedisCluster`` keeps one connection pool pe
 node, so the client (not a pool) is shared per process and per configuration.
 
 The Django cache API's multi-key methods are split by slot or run on every
-primary: ``get_many`` (``MGET`` per slot), ``set_many`` and ``delete_pattern``
-(a non-transactional pipeline routed per key), ``delete_many`` (``DEL`` per slot),
-``keys``/``iter_keys``/``delete_pattern`` (``SCAN`` on every primary), ``clear``
-(``FLUSHDB`` on every primary). Set and sorted-set commands over several keys
+primary: ``get_many`` (``MGET`` per slot), ``set_many`` (a non-transactional
+pipeline routed per key), ``delete_many`` (``DEL`` per slot),
+``keys``/``iter_keys``/``delete_pattern`` (``SCAN`` on every primary, never
+``KEYS``), ``clear`` (``FLUSHDB`` on every primary). Set and sorted-set commands over several keys
 (``sinter``, ``smove``, …) work only on keys that share a hash tag.
 """
 
