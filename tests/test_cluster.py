@@ -329,3 +329,30 @@ def test_an_unreachable_cluster_degrades_reads_to_the_database(settings, counts)
     assert (n, got.name) == (1, "ada")
     assert counts("testapp.author").get("degraded", 0) >= 1
     assert get_store().breaker.state == "open"  # the next read does not wait again
+
+
+@pytest.mark.django_db
+def test_a_plain_client_pointed_at_a_cluster_node_is_an_error_the_cluster_client_is_not(
+    settings, cluster_location
+):
+    from cachepatterns_app.checks import check_redis_reachable
+
+    assert check_redis_reachable() == []
+    node = cluster_location.split(",")[0]
+    plain = {
+        "django-redis": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": node,
+            "OPTIONS": {"SOCKET_TIMEOUT": 1.0, "SOCKET_CONNECT_TIMEOUT": 1.0},
+        },
+        "django": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": node,
+            "OPTIONS": {"socket_timeout": 1.0, "socket_connect_timeout": 1.0},
+        },
+    }
+    for name, cache in plain.items():
+        settings.CACHES = {"default": cache}
+        messages = check_redis_reachable()
+        assert [m.id for m in messages] == ["cachepatterns.E016"], name
+        assert "ClusterClient" in (messages[0].hint or "")
