@@ -43,12 +43,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from django_redis.client import DefaultClient
 from django_redis.exceptions import ConnectionInterrupted
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
-__all__ = ["ClusterClient", "ClusterUnreachable", "cluster_kwargs", "startup_nodes"]
+__all__ = ["ClusterClient", "ClusterUnreachable", "cluster_kwargs", "no_retry", "startup_nodes"]
 
 _ERRORS = (RedisConnectionError, RedisTimeoutError, ResponseError, RedisClusterException, OSError)
 
@@ -116,6 +118,20 @@ def cluster_kwargs(options: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def no_retry() -> Retry:
+    """
+    Return the default ``retry`` of the cluster client: none.
+
+    RedisCluster's own default retries a timed-out command three times with backoff,
+    so one call to a hung node took 11 s with a 1 s socket timeout; a cache must fail
+    within its socket timeout instead (the app then answers from the database and its
+    circuit breaker opens). RedisCluster still refreshes its topology on the error, so
+    the next call after a failover finds the new primary. MOVED/ASK redirections are
+    followed regardless. Pass ``REDIS_CLIENT_KWARGS={"retry": Retry(...)}`` to retry.
+    """
+    return Retry(NoBackoff(), 0)
+
+
 def _freeze(value: Any) -> Any:
     if isinstance(value, dict):
         return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
@@ -168,7 +184,7 @@ class ClusterClient(DefaultClient):  # type: ignore[misc]
                     try:
                         cluster = RedisCluster(
                             startup_nodes=list(self._nodes),
-                            **self._cluster_kwargs,
+                            **{"retry": no_retry(), **self._cluster_kwargs},
                         )
                     except _ERRORS as e:
                         raise ClusterUnreachable(None) from e

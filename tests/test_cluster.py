@@ -43,13 +43,19 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def cluster_location() -> Iterator[str]:
-    """The node URLs of the cluster under test (started here unless the run provides one)."""
+def local_cluster() -> Iterator[harness.LocalCluster | None]:
+    """The cluster this module started (None when the run provides one: CP_REDIS_CLUSTER)."""
     if REDIS_CLUSTER:
-        yield REDIS_CLUSTER
+        yield None
         return
     with harness.LocalCluster() as cluster:
-        yield cluster.location
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def cluster_location(local_cluster: harness.LocalCluster | None) -> str:
+    """The node URLs of the cluster under test."""
+    return local_cluster.location if local_cluster is not None else REDIS_CLUSTER
 
 
 @pytest.fixture(autouse=True)
@@ -356,3 +362,100 @@ def test_a_plain_client_pointed_at_a_cluster_node_is_an_error_the_cluster_client
         messages = check_redis_reachable()
         assert [m.id for m in messages] == ["cachepatterns.E016"], name
         assert "ClusterClient" in (messages[0].hint or "")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_invalidation_a_stopped_node_missed_is_sent_once_it_answers(redis, local_cluster):
+    """
+    Fault: the node owning a cached row is stopped (SIGSTOP) when the row's update
+    commits. Expected: the commit succeeds, the invalidation is queued, and once the
+    node answers again (SIGCONT) the recovery hook sends it through a cluster pipeline
+    (EVAL/DEL routed by key); the next read misses and returns the new row.
+    """
+    import signal
+
+    from cachepatterns_app import invalidation
+    from tests.support import cachepatterns
+
+    if local_cluster is None:
+        pytest.skip("needs the nodes' processes: run without CP_REDIS_CLUSTER")
+    ada = Author.objects.create(name="ada", email="ada@example.org")
+    key = row_keys_of(Author, ada.pk).value
+    with cachepatterns(CIRCUIT_BREAKER={"THRESHOLD": 1, "COOLDOWN": 0.2}):
+        Author.objects.get(pk=ada.pk)
+        assert wait_until(lambda: on_its_node(redis, key)), "the fill never landed"
+        port = redis.get_node_from_key(key).port
+        (process,) = [
+            p
+            for p, node_port in zip(local_cluster.processes, local_cluster.ports, strict=True)
+            if node_port == port
+        ]
+        process.send_signal(signal.SIGSTOP)
+        try:
+            Author.objects.filter(pk=ada.pk).update(name="after")  # commits; Redis times out
+            assert invalidation.pending_retries() == 1
+        finally:
+            process.send_signal(signal.SIGCONT)
+
+        def sent() -> bool:
+            invalidation.retry_failed()
+            return invalidation.pending_retries() == 0
+
+        assert wait_until(sent, timeout=PATIENCE * 2, interval=0.2)
+        assert not on_its_node(redis, key)
+        n, got = queries(lambda: Author.objects.get(pk=ada.pk))
+        assert (n, got.name) == (1, "after")
+
+
+@pytest.mark.django_db
+def test_a_call_to_a_hung_node_fails_within_the_socket_timeout_not_after_retries(redis, local_cluster):
+    """RedisCluster's default (3 retries with backoff) took 11 s here; the client's default: none."""
+    import signal
+
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if local_cluster is None:
+        pytest.skip("needs the nodes' processes: run without CP_REDIS_CLUSTER")
+    assert redis.retry.get_retries() == 0
+    key = row_keys_of(Author, 1).value
+    redis.set(key, b"x")
+    port = redis.get_node_from_key(key).port
+    (process,) = [
+        p
+        for p, node_port in zip(local_cluster.processes, local_cluster.ports, strict=True)
+        if node_port == port
+    ]
+    sent = SocketSends()
+    process.send_signal(signal.SIGSTOP)
+    try:
+        with sent, pytest.raises(RedisTimeoutError):
+            redis.get(key)
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert sent.gets == 1  # tried once: no retry
+    assert wait_until(lambda: redis.get(key) == b"x")
+
+
+class SocketSends:
+    """Count the GETs redis-py writes to any socket while active."""
+
+    def __init__(self) -> None:
+        self.gets = 0
+
+    def __enter__(self) -> SocketSends:
+        import redis as redis_py
+
+        self._original = original = redis_py.connection.AbstractConnection.send_command
+
+        def counting(conn: Any, *args: Any, **kwargs: Any) -> Any:
+            if args and str(args[0]).upper() == "GET":
+                self.gets += 1
+            return original(conn, *args, **kwargs)
+
+        redis_py.connection.AbstractConnection.send_command = counting  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import redis as redis_py
+
+        redis_py.connection.AbstractConnection.send_command = self._original  # type: ignore[method-assign]
