@@ -80,7 +80,8 @@ def _send_queued(client: Any) -> bool:
     for command in batch:
         if command[0] == "SCRIPT":
             _, name, keys, args = command
-            pipe.eval(SCRIPTS[name], len(keys), *keys, *args)
+            # The raw command: a cluster pipeline routes it by its first key.
+            pipe.execute_command("EVAL", SCRIPTS[name], len(keys), *keys, *args)
         else:
             pipe.execute_command(*command)
     sent = _settled(batch, pipe.execute(raise_on_error=False))

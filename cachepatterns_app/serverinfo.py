@@ -114,13 +114,61 @@ def facts(store: Store) -> dict[str, Any]:
     return parse(info, policy, save, db)
 
 
+def _human_bytes(n: int) -> str:
+    """Return ``n`` bytes the way INFO's ``*_human`` fields spell it (``1.23M``)."""
+    size = float(n)
+    for unit in ("B", "K", "M", "G", "T"):
+        if size < 1024 or unit == "T":
+            return f"{size:.2f}{unit}" if unit != "B" else f"{int(size)}B"
+        size /= 1024
+    return f"{size:.2f}T"  # pragma: no cover - the loop returns
+
+
 def _cluster_facts(store: Store) -> dict[str, Any]:
-    # A cluster answers INFO per node: show the first node's, and how many answered.
-    reply = store.execute("INFO")
-    nodes = {k: v for k, v in reply.items() if isinstance(v, dict)} if isinstance(reply, dict) else {}
-    if nodes and all(isinstance(v, dict) and "redis_version" in v for v in nodes.values()):
-        first = nodes[sorted(nodes)[0]]
-        out = parse(first)
-        out["cluster_nodes"] = len(nodes)
+    """
+    Return the facts of a cluster: INFO from every primary (one call each, in
+    parallel by redis-py), the first node's server facts, counters summed over the
+    nodes, and the worst persistence and eviction policy (a queue lives on one node).
+    """
+
+    def ask() -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for node in sorted(store.client.get_primaries(), key=lambda n: n.name):
+            pipe = node.redis_connection.pipeline(transaction=False)
+            pipe.execute_command("INFO")
+            pipe.execute_command("CONFIG", "GET", "maxmemory-policy")
+            pipe.execute_command("CONFIG", "GET", "save")
+            out[node.name] = pipe.execute(raise_on_error=False)
         return out
-    return parse(reply if isinstance(reply, dict) else {})
+
+    replies = store.guard(ask)
+    if not replies:
+        return {"available": False, "error": "the cluster has no primary"}
+    for name, (info, _, _) in replies.items():
+        if isinstance(info, BaseException):
+            return {"available": False, "error": f"INFO refused by {name}: {info}"}
+    nodes = [parse(info, policy, save) for info, policy, save in replies.values()]
+    out = dict(nodes[0])
+    for name in (
+        "connected_clients",
+        "used_memory",
+        "keyspace_hits",
+        "keyspace_misses",
+        "evicted_keys",
+        "expired_keys",
+        "keys",
+        "db_keys",
+    ):
+        out[name] = sum(int(n.get(name) or 0) for n in nodes)
+    out["used_memory_human"] = _human_bytes(out["used_memory"])
+    hits, misses = out["keyspace_hits"], out["keyspace_misses"]
+    out["keyspace_hit_rate"] = hits / (hits + misses) if hits + misses else None
+    if any(n["aof_enabled"] is False for n in nodes):
+        out["aof_enabled"] = False
+        out["persistence"] = next(n["persistence"] for n in nodes if n["aof_enabled"] is False)
+    evicting = [n["maxmemory_policy"] for n in nodes if n["maxmemory_policy"] in EVICTS_ANY_KEY]
+    if evicting:
+        out["maxmemory_policy"] = evicting[0]
+    out["cluster_nodes"] = len(nodes)
+    out["nodes"] = list(replies)
+    return out

@@ -184,10 +184,15 @@ class Store:
         """Return the values of ``keys`` (None where missing), one round trip per node."""
         if not keys:
             return []
-        client = self.client
-        if self.is_cluster:
-            return self.guard(lambda: list(client.mget_nonatomic(keys)))
-        return self.guard(lambda: list(client.mget(keys)))
+
+        def run() -> list[bytes | None]:
+            # Inside the guard: building a cluster client connects (and may fail).
+            client = self.client
+            if self.is_cluster:
+                return list(client.mget_nonatomic(keys))
+            return list(client.mget(keys))
+
+        return self.guard(run)
 
     def pipeline(self, commands: Iterable[tuple[Any, ...]], *, raise_on_error: bool = True) -> list[Any]:
         """
@@ -203,7 +208,9 @@ class Store:
             for command in batch:
                 if command[0] == "SCRIPT":
                     _, name, keys, args = command
-                    pipe.evalsha(self._sha(name), len(keys), *keys, *args)
+                    # execute_command, not pipe.evalsha(): redis-py's ClusterPipeline
+                    # blocks the method but routes the raw EVALSHA by its first key.
+                    pipe.execute_command("EVALSHA", self._sha(name), len(keys), *keys, *args)
                 else:
                     pipe.execute_command(*command)
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 
@@ -104,6 +105,28 @@ else:
             "OPTIONS": {"SOCKET_TIMEOUT": 1.0, "SOCKET_CONNECT_TIMEOUT": 1.0},
         }
     }
+
+#: CP_REDIS_CLUSTER (comma-separated node URLs, set by ``python -m tests.cluster run``)
+#: puts the cache on a Redis Cluster through the app's ClusterClient; Celery's broker
+#: stays on REDIS_URL (kombu has no cluster transport).
+REDIS_CLUSTER = os.environ.get("CP_REDIS_CLUSTER", "")
+
+
+def cluster_cache(location: str) -> dict[str, Any]:
+    """Return a CACHES entry for the cluster whose nodes ``location`` names."""
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": location,
+        "OPTIONS": {
+            "CLIENT_CLASS": "cachepatterns_app.cluster.ClusterClient",
+            "SOCKET_TIMEOUT": 1.0,
+            "SOCKET_CONNECT_TIMEOUT": 1.0,
+        },
+    }
+
+
+if REDIS_CLUSTER:
+    CACHES = {"default": cluster_cache(REDIS_CLUSTER)}
 
 CACHEPATTERNS = {"KEY_PREFIX": "cpt", "DEFAULT_TTL": 300}
 

@@ -128,7 +128,10 @@ def settle() -> None:
     idle pooled connection proves that everything sent before it has run. Call it
     only when no other thread uses the cache.
     """
-    pool = get_store().client.connection_pool
+    store = get_store()
+    if store.is_cluster:
+        return  # no CLIENT REPLY SKIP on a cluster: every command was answered already
+    pool = store.client.connection_pool
     with pool._lock:
         idle = list(pool._available_connections)
     for connection in idle:

@@ -642,10 +642,11 @@ def stress_thread(stress: Stress, index: int, ops: int, operations: Operations) 
 
 
 def cached_rows(redis: Any, pks: list[Any]) -> dict[Any, Profile | None]:
-    """Return what the cache holds for ``pks`` (one MGET)."""
+    """Return what the cache holds for ``pks`` (one MGET; one per slot on a cluster)."""
     cache = row_cache_for(Profile)
     assert cache is not None
-    raws = redis.mget([keys_of(Profile, pk).value for pk in pks]) if pks else []
+    mget = redis.mget_nonatomic if hasattr(redis, "get_nodes") else redis.mget
+    raws = mget([keys_of(Profile, pk).value for pk in pks]) if pks else []
     return {
         pk: None if raw is None else cast(Profile, cache.decode(raw, "default"))
         for pk, raw in zip(pks, raws, strict=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from cachepatterns_app.conf import DEFAULTS, NESTED, get_settings, user_settings
 from cachepatterns_app.validation import ttl_problem
@@ -233,7 +233,7 @@ def check_redis_reachable(*, app_configs: Any = None, **kwargs: Any) -> list[Che
     if any(m.is_serious() for m in check_cache()):
         return []
     try:
-        _ping(get_store().client)
+        cluster_node = _ping(get_store().client)
     except (CachePatternsError, RedisError) as e:
         return [
             Warning(
@@ -243,15 +243,34 @@ def check_redis_reachable(*, app_configs: Any = None, **kwargs: Any) -> list[Che
                 id="cachepatterns.W001",
             )
         ]
+    if cluster_node:
+        # A plain client gets MOVED for most keys: fills, invalidations and queued
+        # writes would fail, and an invalidation that cannot reach its key is lost.
+        return [
+            Error(
+                "The cache's Redis is a Redis Cluster node, but the cache's client is not a "
+                "cluster client: most keys live on other nodes (MOVED).",
+                hint="Use BACKEND 'django_redis.cache.RedisCache' with OPTIONS['CLIENT_CLASS'] = "
+                "'cachepatterns_app.cluster.ClusterClient' (Django's own RedisCache has no "
+                "cluster support); see docs/cluster.md.",
+                id="cachepatterns.E016",
+            )
+        ]
     return []
 
 
-def _ping(client: Any) -> None:
+def _ping(client: Any) -> bool:
     """
     PING over a connection of its own with a one-second timeout: checks run before
     every management command, which must not hang on a dead Redis, and must not open
-    the circuit breaker of the process either.
+    the circuit breaker of the process either. Return whether a plain (not cluster)
+    client is talking to a cluster node.
     """
+    if hasattr(client, "get_primaries"):
+        # A cluster: every primary owns a share of the keys, so each must answer.
+        for node in client.get_primaries():
+            _ping(node.redis_connection)
+        return False
     pool = client.connection_pool
     connection = pool.connection_class(
         **{**pool.connection_kwargs, "socket_timeout": 1.0, "socket_connect_timeout": 1.0}
@@ -259,6 +278,13 @@ def _ping(client: Any) -> None:
     try:
         connection.send_command("PING")
         connection.read_response()
+        connection.send_command("INFO", "cluster")
+        try:
+            info = connection.read_response()
+        except ResponseError:
+            return False  # INFO renamed or refused (managed Redis): cannot tell
+        text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+        return "cluster_enabled:1" in text
     finally:
         connection.disconnect()
 

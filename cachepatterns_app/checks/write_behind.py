@@ -88,8 +88,16 @@ def check_write_behind_redis(*, app_configs: Any = None, **kwargs: Any) -> list[
         return []
     try:
         client = get_store().client
-        policy = _config(client, "maxmemory-policy")
-        persistence = client.info("persistence")
+        # A cluster: every primary holds some queues, so the worst node decides.
+        nodes = (
+            [n.redis_connection for n in client.get_primaries()]
+            if hasattr(client, "get_primaries")
+            else [client]
+        )
+        policies = [_config(node, "maxmemory-policy") for node in nodes]
+        policy = next((p for p in policies if p and p.startswith("allkeys-")), policies[0])
+        infos = [node.info("persistence") for node in nodes]
+        persistence = next((i for i in infos if not int(i.get("aof_enabled", 0))), infos[0])
     except (CachePatternsError, RedisError, OSError):
         return []  # W001 says Redis does not answer
     out: list[CheckMessage] = []
