@@ -57,6 +57,8 @@ class Worker:
         self.queue = queue
         self.app = app
         self.log = log
+        #: The app's default queue before this worker took it over; given back on stop.
+        self.previous_default_queue: str | None = None
 
     def output(self) -> str:
         self.log.flush()
@@ -82,6 +84,7 @@ def start_worker(
 
     from tests.celery_app import app, ping
 
+    previous_default_queue = app.conf.task_default_queue
     app.conf.task_default_queue = queue
     env = {
         **os.environ,
@@ -119,6 +122,7 @@ def start_worker(
         stderr=subprocess.STDOUT,
     )
     worker = Worker(process, queue, app, log)
+    worker.previous_default_queue = previous_default_queue
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
@@ -136,6 +140,10 @@ def start_worker(
 def stop_worker(worker: Worker, *, kill: bool = False) -> None:
     import signal
 
+    # Tasks published by the code under test (refreshes, early flushes) go to the
+    # default queue: hand it back, or later tests would publish to a stopped worker.
+    if worker.app.conf.task_default_queue == worker.queue and worker.previous_default_queue:
+        worker.app.conf.task_default_queue = worker.previous_default_queue
     if worker.process.poll() is None:
         worker.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:

@@ -25,7 +25,6 @@ from django.db import connections, models
 from cachepatterns_app import flush_write_behind
 from cachepatterns_app.patterns.refresh_ahead.worker import drain
 from cachepatterns_app.registry import row_cache_for
-from tests.celery_app import app as celery_app
 from tests.conftest import start_worker, stop_worker
 from tests.refreshapp.models import Headline
 from tests.support import PATIENCE, Worker, keys_of, wait_until
@@ -39,13 +38,11 @@ PROCESSES = 4
 @pytest.fixture
 def prefork() -> Iterator[Any]:
     """One worker, four prefork processes, on a queue of its own (the default queue meanwhile)."""
-    default = celery_app.conf.task_default_queue
     worker = start_worker(f"cp-prefork-{os.getpid()}", pool="prefork", concurrency=PROCESSES)
     try:
         yield worker
     finally:
         stop_worker(worker)
-        celery_app.conf.task_default_queue = default
 
 
 def pool_processes(worker: Any, task: str) -> set[str]:
