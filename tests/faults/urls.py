@@ -17,4 +17,12 @@ def author(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse({"name": row.name})
 
 
-urlpatterns = [path("author/<int:pk>/", author)]
+def rename_then_fail(request: HttpRequest, pk: int) -> JsonResponse:
+    """POST: rename the author, then fail: under ATOMIC_REQUESTS the rename rolls back."""
+    row = Author.objects.get(pk=pk)
+    row.name = request.POST["name"]
+    row.save()
+    raise RuntimeError("the view fails after its write")
+
+
+urlpatterns = [path("author/<int:pk>/", author), path("author/<int:pk>/fail/", rename_then_fail)]
