@@ -54,6 +54,10 @@ def sections(doc: str | None) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Run the fault suite last, where its modules ran before they moved here: run before
+    # tests/test_refresh_*.py, the write-behind process faults leave the session's Celery
+    # worker unable to run those tests' refreshes (an isolation defect not yet found).
+    items[:] = [i for i in items if not _ours(i)] + [i for i in items if _ours(i)]
     for item in items:
         if not _ours(item):
             continue
