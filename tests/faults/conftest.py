@@ -54,9 +54,10 @@ def sections(doc: str | None) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Run the fault suite last, where its modules ran before they moved here: run before
-    # tests/test_refresh_*.py, the write-behind process faults leave the session's Celery
-    # worker unable to run those tests' refreshes (an isolation defect not yet found).
+    # Run the fault suite last, where its modules ran before they moved here. The cause:
+    # tests.conftest.start_worker sets the shared Celery app's task_default_queue to the
+    # new worker's queue and stop_worker never restores it, so after the worker-kill test
+    # the refresh-ahead tests' tasks went to the killed worker's queue (to fix there).
     items[:] = [i for i in items if not _ours(i)] + [i for i in items if _ours(i)]
     for item in items:
         if not _ours(item):
