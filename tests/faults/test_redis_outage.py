@@ -66,6 +66,13 @@ def ada() -> Author:
 
 
 def test_redis_down_reads_come_from_the_database(ada, counts, django_assert_num_queries):
+    """
+    Fault: Redis down (connection refused on a closed loopback port) during reads by pk, unique field
+    and get_many.
+    Expected: every read answered from the database with exactly one query, DoesNotExist still raised,
+    the breaker open after the first failure, later reads attempt no connection.
+    Observed: 1 query per read, breaker open, no connection attempted while open, >= 6 degraded reads counted.
+    """
     with override_settings(CACHES=CLOSED_PORT):
         for _ in range(3):
             with django_assert_num_queries(1):
@@ -87,6 +94,11 @@ def test_redis_down_reads_come_from_the_database(ada, counts, django_assert_num_
 
 
 def test_redis_down_writes_still_commit(ada, counts):
+    """
+    Fault: Redis down (connection refused) during save, update, create and delete.
+    Expected: every write commits; the invalidations that could not be sent are counted and kept for retry.
+    Observed: the rows read back from the database as written; invalidation_failed >= 1, a retry pending.
+    """
     with override_settings(CACHES=CLOSED_PORT):
         ada.name = "Countess"
         ada.save()
@@ -103,6 +115,12 @@ def test_redis_down_writes_still_commit(ada, counts):
 
 
 def test_redis_down_without_degrading_reads_raise(ada):
+    """
+    Fault: Redis down with DEGRADE_ON_FAILURE=False.
+    Expected: cached reads raise CacheUnavailable (at once once the breaker is open); uncached queries
+    and writes work.
+    Observed: CacheUnavailable for get(pk), get(unique), get_many; the write committed.
+    """
     with override_settings(CACHES=CLOSED_PORT), cachepatterns(DEGRADE_ON_FAILURE=False):
         with pytest.raises(CacheUnavailable):
             Author.objects.get(pk=ada.pk)
@@ -147,6 +165,15 @@ def wait_for_cooldown() -> None:
 
 
 def test_redis_hung_reads_pay_the_timeout_once_then_recover(ada, hung_capable, django_assert_num_queries):
+    """
+    Fault: Redis hung (SIGSTOP on a private redis-server) during reads, then resumed (SIGCONT).
+    Expected: the first read served from the database after one socket timeout, the breaker opens, later reads
+    and a write's invalidation send nothing to Redis; after resume and cooldown the probe closes the breaker
+    and reads are hits again (0 queries, one round trip).
+    Observed: 1 send and 1 awaited reply for the first read, no traffic while open, breaker closed after
+    resume,
+    the next read a hit with 0 queries and 0 new connections.
+    """
     server = hung_capable
     fill(server, ada.pk)
     with django_assert_num_queries(0):
@@ -191,6 +218,12 @@ def test_redis_hung_reads_pay_the_timeout_once_then_recover(ada, hung_capable, d
 
 
 def test_a_write_while_redis_hangs_commits_and_its_invalidation_lands(ada, hung_capable):
+    """
+    Fault: Redis hung (SIGSTOP) while a cache-aside row is saved.
+    Expected: the commit stands, its invalidation costs one socket timeout and lands after Redis resumes.
+    Observed: 1 awaited reply, breaker open, DB row committed, fresh value read after resume, 0 retries
+    pending.
+    """
     server = hung_capable
     fill(server, ada.pk)
 
@@ -209,6 +242,13 @@ def test_a_write_while_redis_hangs_commits_and_its_invalidation_lands(ada, hung_
 
 
 def test_an_invalidation_queued_while_down_is_sent_before_any_other_call(ada, hung_capable, counts):
+    """
+    Fault: Redis hung (SIGSTOP) with the breaker open while a row is saved (invalidation cannot be sent).
+    Expected: nothing sent, the invalidation queued; once Redis returns, the queued DEL is sent before the
+    first read so the stale row is never served.
+    Observed: no traffic during the save, 1 pending retry, the stale entry still in Redis before recovery,
+    the first read after the cooldown returned the new value and the stale entry was replaced.
+    """
     server = hung_capable
     keys = keys_of(Author, ada.pk)
     fill(server, ada.pk)
@@ -238,6 +278,12 @@ def test_an_invalidation_queued_while_down_is_sent_before_any_other_call(ada, hu
 
 
 def test_queued_invalidations_survive_a_failed_probe(ada, hung_capable):
+    """
+    Fault: Redis still hung (SIGSTOP) when the breaker's cooldown ends and a probe is tried.
+    Expected: the probe pays one timeout and reopens the breaker; the queued invalidation is kept and sent
+    once Redis answers.
+    Observed: 1 awaited reply for the probe, breaker open, 1 retry pending; 0 pending after resume.
+    """
     server = hung_capable
     keys = keys_of(Author, ada.pk)
     fill(server, ada.pk)
@@ -263,6 +309,11 @@ def test_queued_invalidations_survive_a_failed_probe(ada, hung_capable):
 def test_a_fire_and_forget_send_after_the_cooldown_does_not_wedge_the_breaker(
     ada, hung_capable, django_assert_num_queries
 ):
+    """
+    Fault: Redis hung (SIGSTOP) then resumed; the first call after the cooldown is a fire-and-forget send.
+    Expected: the breaker still closes and reads become hits again.
+    Observed: a hit with 0 queries, breaker closed.
+    """
     server = hung_capable
     fill(server, ada.pk)
     server.pause()

@@ -120,6 +120,17 @@ def save_new(profile: Profile, in_transaction: bool) -> None:
 def test_redis_hung_at_put_time_the_commit_stands_and_recovery_invalidates_first(
     server, logs, counts, django_assert_num_queries, in_transaction
 ):
+    """
+    Fault: Redis hung (SIGSTOP) when a write-through row's after-commit put is sent (in and outside a
+    transaction).
+    Expected: the commit stands, nothing raises, one socket timeout paid, the key invalidated (durably
+    recorded)
+    before any other call once Redis answers, logged as an error.
+    Observed: 1 awaited reply, breaker open, the row committed, 1 pending invalidation (in memory and in
+    the table),
+    the first read after recovery sent the DEL first and read the new row with 1 SELECT; then a hit with
+    0 queries.
+    """
     profile = cached_profile(server)
     puts_before = counts(LABEL).get("put", 0)
 
@@ -176,6 +187,12 @@ def test_redis_hung_at_put_time_the_commit_stands_and_recovery_invalidates_first
 def test_a_put_while_the_breaker_is_open_fails_fast_and_is_retried(
     server, logs, counts, django_assert_num_queries
 ):
+    """
+    Fault: Redis hung (SIGSTOP) and the breaker already open when a write-through save commits.
+    Expected: the save sends nothing to Redis (fails fast), the put becomes a queued invalidation,
+    retried on recovery.
+    Observed: no connection, send or reply during the save; 1 retry pending, then 0 and the new row read.
+    """
     profile = cached_profile(server)
     server.pause()
     try:
@@ -202,6 +219,11 @@ def test_a_put_while_the_breaker_is_open_fails_fast_and_is_retried(
 
 
 def test_a_delete_while_redis_is_hung_tombstones_on_recovery(server, counts):
+    """
+    Fault: Redis hung (SIGSTOP) while a write-through row is deleted.
+    Expected: the delete commits; on recovery the value is removed and the version key tombstoned.
+    Observed: the row gone from the DB, DoesNotExist after recovery, value key absent, version key "x".
+    """
     profile = cached_profile(server)
     pk = profile.pk
     server.pause()
@@ -239,6 +261,13 @@ def profile_of(handle: str) -> Profile:
 def test_write_through_decorator_put_while_redis_is_hung_is_invalidated_on_recovery(
     server, logs, counts, django_assert_num_queries
 ):
+    """
+    Fault: Redis hung (SIGSTOP) while a @write_through writer's put is sent.
+    Expected: the writer returns its value, the put failure is logged and counted, the key invalidated
+    on recovery.
+    Observed: the new value returned and committed, the reader refilled with 1 SELECT, then a hit with 0
+    queries.
+    """
     cached_profile(server)
     assert profile_of("fault").name == "old"
     settle()

@@ -1,0 +1,128 @@
+"""
+A private Redis at its ``maxmemory`` with ``noeviction``: every command that may
+grow memory is refused with OOM. A write-behind save must then fail loud (or write
+the database synchronously, as configured) and leave nothing half-written in Redis:
+the row's hash and its stream entry are written together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis as redis_py
+from django.db import models
+from django.test import override_settings
+
+from cachepatterns_app import flush_write_behind
+from cachepatterns_app.exceptions import WriteBehindError
+from cachepatterns_app.registry import row_cache_for
+from tests.support import PrivateRedis, cachepatterns, private_redis
+from tests.testapp.models import Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BALLAST = "ballast:"  # the test's own filler keys, outside the app's prefix
+
+
+@pytest.fixture
+def full() -> Iterator[PrivateRedis]:
+    """A private Redis with a small maxmemory and noeviction, the cache pointed at it."""
+    with (
+        private_redis("--maxmemory", "64mb", "--maxmemory-policy", "noeviction") as server,
+        override_settings(CACHES=server.caches(socket_timeout=5.0)),
+    ):
+        yield server
+
+
+def reach_maxmemory(server: PrivateRedis) -> int:
+    """Lower maxmemory below what the server already uses; return the bytes in use.
+
+    Filling with data until the first OOM leaves the server just under the limit
+    (the refused command's buffers are freed), so the next small write may fit;
+    a limit below the current use makes every write refused, whatever the sizes.
+    """
+    used = int(server.client.info("memory")["used_memory"])
+    server.client.config_set("maxmemory", used // 2)
+    with pytest.raises(redis_py.exceptions.OutOfMemoryError):
+        server.client.set(f"{BALLAST}probe", b"x")
+    return used
+
+
+def app_state(server: PrivateRedis) -> dict[bytes, Any]:
+    """Every key but the filler, with its serialized value: what a half write would change."""
+    client = server.client
+    return {
+        key: client.dump(key) for key in client.scan_iter(count=1000) if not key.startswith(BALLAST.encode())
+    }
+
+
+def policy(on_failure: str) -> Any:
+    from django.conf import settings
+
+    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "ON_CACHE_FAILURE": on_failure}
+    return cachepatterns(WRITE_BEHIND=wb)
+
+
+@pytest.mark.parametrize("on_failure", ["raise", "sync"])
+def test_a_save_on_a_full_redis_is_all_or_nothing(full, on_failure, record):
+    """
+    Fault: the private Redis is past maxmemory with noeviction (the test lowers maxmemory
+    below the memory in use and checks a SET is refused with OOM) when write-behind saves
+    run: an update of a queued row and a new row.
+    Expected: with ON_CACHE_FAILURE "raise", save() raises WriteBehindError naming the cause,
+    the database untouched; with "sync", save() writes the database directly. In both cases
+    no key of the app changes in Redis (no row hash without its stream entry, or the reverse).
+    Once maxmemory is lifted, a flush leaves the database at what save() reported.
+    Observed: raise: WriteBehindError naming maxmemory, the new row absent from the DB, every
+    app key byte-identical (DUMP), the flush applied only the earlier queued state; sync: both
+    rows in the DB as saved, no key written, only the updated row's older hash deleted, and the
+    flush did not overwrite the synchronous write with the older queued one.
+    """
+    cache = row_cache_for(Counter)
+    with policy(on_failure):
+        queued = Counter(name="queued", views=1)
+        queued.save()
+        used = reach_maxmemory(full)
+        before = app_state(full)
+        stream_before = full.client.xlen(cache.wb_keys("default").stream)
+
+        queued.name, queued.views = "updated while full", 2
+        fresh = Counter(name="new while full", views=3)
+        if on_failure == "raise":
+            with pytest.raises(WriteBehindError) as raised:
+                queued.save()
+            with pytest.raises(WriteBehindError):
+                fresh.save()
+            assert "maxmemory" in str(raised.value), raised.value
+            assert not models.QuerySet(Counter).filter(pk=fresh.pk).exists()
+        else:
+            queued.save()
+            fresh.save()
+            rows = dict(models.QuerySet(Counter).values_list("name", "views"))
+            assert rows == {"updated while full": 2, "new while full": 3}
+        after = app_state(full)
+        stream_after = full.client.xlen(cache.wb_keys("default").stream)
+        # Memory again: the flush must leave the database at what save() reported.
+        full.client.config_set("maxmemory", 0)
+        flush_write_behind(Counter)
+        flushed = dict(models.QuerySet(Counter).values_list("name", "views"))
+    assert stream_after == stream_before
+    removed = set(before) - set(after)
+    assert set(after) <= set(before), sorted(set(after) - set(before))
+    assert all(after[key] == before[key] for key in after), "a key's value changed"
+    if on_failure == "raise":
+        assert removed == set()
+        assert flushed == {"queued": 1}
+    else:
+        # The synchronous write drops the queued row's now older hash (a DEL, which an
+        # OOM server accepts); its queued entry must not overwrite the newer row.
+        assert removed <= {cache.keys(queued.pk, "default").value.encode()}
+        assert flushed == {"updated while full": 2, "new while full": 3}
+    record(
+        maxmemory_set_to=f"{used // 2} bytes (half of used_memory)",
+        app_keys_written=0,
+        app_keys_deleted=len(removed),
+        db_after_flush=flushed,
+    )
