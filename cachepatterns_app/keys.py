@@ -44,6 +44,7 @@ import string
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from django.db.models import Model
@@ -74,7 +75,9 @@ _INTEGER = re.compile(r"-?[0-9]+")
 _HASH_MARK = "~"
 
 
+@lru_cache(maxsize=4096)
 def _hashed(tag: str, text: str) -> str:
+    # Pure in two strings, so safe to remember: a hot row's key is not re-hashed per call.
     digest = hashlib.sha256(f"{tag}\x00{text}".encode("utf-8", "surrogatepass")).digest()
     return _HASH_MARK + base64.b32encode(digest).decode("ascii")[:26].lower()
 

@@ -27,17 +27,15 @@ if ARGV[2] == 'merge' then
 end
 -- The sequence starts at the server clock in microseconds, never at 1: if Redis
 -- loses it, new writes still order after every write the database already holds.
-if redis.call('EXISTS', KEYS[3]) == 0 then
+if redis.call('INCR', KEYS[3]) == 1 then
   local now = redis.call('TIME')
   redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+  redis.call('INCR', KEYS[3])
 end
-redis.call('INCR', KEYS[3])
+-- As text: a Lua number this large would be formatted with an exponent.
 local seq = redis.call('GET', KEYS[3])
 -- A fill of the clean row read before this write must not land.
 redis.call('DEL', KEYS[4])
-if ARGV[2] ~= 'merge' then
-  redis.call('DEL', KEYS[1])
-end
 local flag = 'd'
 if ARGV[2] == 'delete' then
   flag = 'x'
@@ -46,7 +44,15 @@ local fields = {'~s', seq, '~f', flag, '~v', ARGV[3]}
 for i = 4, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PERSIST', KEYS[1])
-local id = redis.call('XADD', KEYS[2], '*', unpack(redis.call('HGETALL', KEYS[1])))
+local id
+if ARGV[2] == 'merge' then
+  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('PERSIST', KEYS[1])
+  id = redis.call('XADD', KEYS[2], '*', unpack(redis.call('HGETALL', KEYS[1])))
+else
+  -- The whole row: the new hash holds exactly these fields (and, new, no TTL).
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], unpack(fields))
+  id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+end
 return {seq, length + 1, id}

@@ -83,6 +83,11 @@ class WriteBehindRowCache(RowCache):
     def columns(self) -> list[Any]:
         return list(self.model._meta.concrete_fields)
 
+    @cached_property
+    def _full_plan(self) -> row_state.Plan:
+        # What a whole-row save stores, worked out once: saves are the hot path.
+        return row_state.Plan(self.model, [f for f in self.columns if f.attname != SEQ_FIELD])
+
     @property
     def settings(self) -> dict[str, Any]:
         return get_settings().WRITE_BEHIND  # type: ignore[no-any-return]
@@ -244,12 +249,13 @@ class WriteBehindRowCache(RowCache):
                 "it with save(sync=True) (then later saves are queued)."
             )
         pk = self.canonical_pk(instance.pk)
+        fields: list[Any] | row_state.Plan
         if update_fields is not None:
             names = {getattr(self.model._meta.get_field(n), "attname", n) for n in update_fields}
             fields = [f for f in self.columns if f.attname in names and not f.primary_key]
             mode = "merge"
         else:
-            fields = [f for f in self.columns if f.attname != SEQ_FIELD]
+            fields = self._full_plan
             mode = "full"
         values = row_state.stored_values(instance, fields, self._vendor(db), adding)
         encoded = row_state.encode_fields(self.codec, values)
@@ -415,7 +421,13 @@ class WriteBehindRowCache(RowCache):
     def _vendor(self, db: str) -> str:
         from django.db import connections
 
-        return str(connections[db].vendor)
+        # Asked per save; connections[db] is a context-local lookup, the settings dict
+        # is not (and an override of DATABASES replaces it, so the memo follows).
+        config = connections.settings[db]
+        memo = _vendors.get(db)
+        if memo is None or memo[0] is not config:
+            memo = _vendors[db] = (config, str(connections[db].vendor))
+        return memo[1]
 
     # -- writes that reach the database directly ----------------------------------------
 
@@ -484,6 +496,8 @@ class WriteBehindRowCache(RowCache):
 
 
 _UNAVAILABLE = -1
+
+_vendors: dict[str, tuple[Any, str]] = {}
 
 
 def _take_seq(cache: WriteBehindRowCache, using: str) -> int:

@@ -29,7 +29,7 @@ from cachepatterns_app.codecs import RowCodec
 from cachepatterns_app.exceptions import SerializationError, WriteBehindError
 from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, value_field
 
-__all__ = ["CLEAN", "DELETED", "DIRTY", "decode_state", "encode_fields", "stored_values"]
+__all__ = ["CLEAN", "DELETED", "DIRTY", "Plan", "decode_state", "encode_fields", "stored_values"]
 
 DIRTY, CLEAN, DELETED = "d", "c", "x"
 SEQ, FLAG, FINGERPRINT = "~s", "~f", "~v"
@@ -47,31 +47,51 @@ def computed_columns(model: type[Model]) -> list[str]:
     return out
 
 
+class Plan:
+    """What :func:`stored_values` needs of each field, worked out once per field list."""
+
+    __slots__ = ("label", "specs")
+
+    def __init__(self, model: type[Model], fields: Sequence[Field[Any, Any]]) -> None:
+        self.label = model._meta.label
+        # (field, attname, types stored as they are, may be NULL, max_length)
+        self.specs = [
+            (
+                f,
+                f.attname,
+                _ready(f),
+                bool(f.null or f.primary_key),
+                getattr(f, "max_length", None),
+            )
+            for f in fields
+        ]
+
+
 def stored_values(
-    instance: Model, fields: Sequence[Field[Any, Any]], vendor: str, adding: bool
+    instance: Model, fields: Sequence[Field[Any, Any]] | Plan, vendor: str, adding: bool
 ) -> dict[str, Any]:
     """
     Return ``{attname: value}`` for ``fields`` of ``instance`` as the database will
     return them; raise :class:`WriteBehindError` for what only the database can compute.
+    ``fields`` may be a :class:`Plan` of them, which a caller that saves often keeps.
     """
-    label = instance._meta.label
+    plan = fields if isinstance(fields, Plan) else Plan(type(instance), fields)
     out: dict[str, Any] = {}
-    for field in fields:
+    for field, attname, ready, nullable, max_length in plan.specs:
         value = field.pre_save(instance, adding)
-        if type(value) not in _ready(field):  # else already what the database returns
+        if type(value) not in ready:  # else already what the database returns
             value = _checked(instance, field, value, vendor)
-        if value is None and not field.null and not field.primary_key:
+        if value is None and not nullable:
             raise WriteBehindError(
-                f"{label}.{field.name} is None but the column is NOT NULL: the flush would fail. "
-                "Nothing was queued; give it a value."
+                f"{plan.label}.{field.name} is None but the column is NOT NULL: the flush would "
+                "fail. Nothing was queued; give it a value."
             )
-        max_length = getattr(field, "max_length", None)
         if max_length and isinstance(value, str) and len(value) > max_length:
             raise WriteBehindError(
-                f"{label}.{field.name} is {len(value)} characters, over max_length={max_length}: "
-                "the flush would fail. Nothing was queued."
+                f"{plan.label}.{field.name} is {len(value)} characters, over "
+                f"max_length={max_length}: the flush would fail. Nothing was queued."
             )
-        out[field.attname] = value
+        out[attname] = value
     return out
 
 
@@ -143,10 +163,17 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
     """Return ``[attname, json, …]`` hash field pairs for ``values``."""
     out: list[str] = []
+    encode = codec.encode_field
     for attname, value in values.items():
         try:
-            plain = codec.encode_field(attname, value)
-            out += [attname, _dumps(plain)]
+            plain = encode(attname, value)
+            kind = type(plain)
+            if kind is int:
+                out += (attname, str(plain))  # what the encoder writes, without it
+            elif plain is None:
+                out += (attname, "null")
+            else:
+                out += (attname, _dumps(plain))
         except (TypeError, ValueError, AttributeError, SerializationError) as e:
             raise WriteBehindError(f"Cannot queue {codec.label}.{attname} = {value!r}: {e}") from e
     return out
