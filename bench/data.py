@@ -223,3 +223,14 @@ def cleanup_redis(client: Any, pattern: str = "cpbench*") -> int:
     if batch:
         removed += client.unlink(*batch)
     return removed
+
+
+def purge_tasks() -> int:
+    """
+    Drop the bench's Celery messages waiting in its broker: the early-flush triggers the
+    write-behind saves publish while no worker runs would otherwise be left behind (and
+    run by the next bench's worker, in the middle of another measurement).
+    """
+    from bench.celery_app import app
+
+    return int(app.control.purge() or 0)

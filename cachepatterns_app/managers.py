@@ -34,7 +34,7 @@ from cachepatterns_app.registry import (
     register_row_cache,
     row_cache_for,
 )
-from cachepatterns_app.rows import dependency_fields, old_rows, resolve_pks
+from cachepatterns_app.rows import dependency_fields, in_lock_order, old_rows, resolve_pks
 from cachepatterns_app.signals import connect_model, is_link_model, link_models, record_links
 from cachepatterns_app.validation import validate_ttl
 from cachepatterns_app.writes import fresh_rows, record, watched
@@ -193,7 +193,7 @@ class InvalidatingQuerySet(models.QuerySet[M]):
 def _locked(queryset: models.QuerySet[Any, Any]) -> models.QuerySet[Any, Any]:
     connection = connections[queryset.db]
     if connection.in_atomic_block and connection.features.has_select_for_update:
-        return queryset.select_for_update()
+        return in_lock_order(queryset).select_for_update()
     return queryset
 
 

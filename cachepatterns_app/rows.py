@@ -62,8 +62,20 @@ def old_rows(queryset: models.QuerySet[Any]) -> list[Model]:
         queryset = queryset.only(*fields)
     connection = connections[queryset.db]
     if connection.in_atomic_block and connection.features.has_select_for_update:
-        queryset = queryset.select_for_update()
+        queryset = in_lock_order(queryset).select_for_update()
     return list(queryset)
+
+
+def in_lock_order(queryset: models.QuerySet[Any, Any]) -> models.QuerySet[Any, Any]:
+    """
+    Return ``queryset`` ordered by primary key, when that does not change which rows it
+    selects: two transactions that lock overlapping rows in the same order cannot
+    deadlock (PostgreSQL locks a bitmap scan's rows in heap order otherwise).
+    """
+    query = queryset.query
+    if query.is_sliced or query.distinct_fields:
+        return queryset  # its order decides which rows it selects
+    return queryset.order_by("pk")
 
 
 def spelling_is_trusted(model: type[Model], using: str) -> bool:

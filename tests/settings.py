@@ -81,6 +81,7 @@ _other: dict[str, object] = {
 if os.environ.get("CP_WORKER_OTHER_DB_NAME"):
     _other["NAME"] = os.environ["CP_WORKER_OTHER_DB_NAME"]
 DATABASES = {"default": _db, "other": _other}
+DATABASE_ROUTERS = ["tests.testapp.routers.CollationRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = redis_url(db=15)

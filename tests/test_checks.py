@@ -556,3 +556,35 @@ def test_w005_postgresql_snapshot_isolation(
     )
     found = [m.id for m in check_isolation()]
     assert found == (["cachepatterns.W005"] if warned else [])
+
+
+@isolate_apps("tests.testapp")
+def test_e017_a_write_behind_text_key_the_database_compares_loosely(forget_models: list[Any]) -> None:
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.checks.write_behind import check_write_behind_model
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
+    from tests.testapp.collations import EXACT_COLLATION, LOOSE_COLLATION
+
+    # PostgreSQL's default is exact; an explicit collation there is not trusted.
+    loose = "C" if connections["default"].vendor == "postgresql" else LOOSE_COLLATION
+
+    class LooseKey(WriteBehindModel):
+        code = models.CharField(primary_key=True, max_length=10, db_collation=loose)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    class ExactKey(WriteBehindModel):
+        code = models.CharField(primary_key=True, max_length=10, db_collation=EXACT_COLLATION)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget_models += [LooseKey, ExactKey]
+    found = check_write_behind_model(LooseKey)
+    assert ids(found) == ["cachepatterns.E017"]
+    assert "'default'" in found[0].msg
+    assert "collation" in (found[0].hint or "")
+    assert check_write_behind_model(ExactKey) == []

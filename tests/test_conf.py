@@ -190,7 +190,9 @@ def _first_use(installed: bool, redis_url: str | None = None) -> Any:
             redis_url or str(django_settings.CACHES["default"]["LOCATION"]),
         ],
         cwd=Path(__file__).resolve().parent.parent,
-        env={k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"},
+        # Its database is SQLite whatever the suite's is (tests/testapp/collations.py
+        # picks the test app's collations from DATABASE_URL).
+        env={k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "DATABASE_URL")},
         capture_output=True,
         text=True,
         timeout=120,

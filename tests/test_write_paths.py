@@ -596,3 +596,26 @@ def test_plain_fields_are_put_from_memory_without_reading_back(redis):
     n, _ = queries(ann.save)
     assert n == 1, f"a model of plain fields needs no read-back on {connection.vendor}"
     assert cached(Profile, ann.pk).name == "Ann 2"
+
+
+@pytest.mark.skipif(not connection.features.has_select_for_update, reason="no row locks (SQLite)")
+def test_the_rows_a_write_locks_first_are_locked_in_key_order():
+    """
+    Two writers that lock overlapping rows in different orders can deadlock (PostgreSQL
+    locks a bitmap scan's rows in heap order): every ``SELECT … FOR UPDATE`` a write
+    path issues before writing orders by primary key.
+    """
+    from tests.testapp.models import Author as Writer
+    from tests.testapp.models import Post as Article
+
+    ada = Writer.objects.create(name="Ada", email="ada-lock@example.com")
+    for i in range(3):
+        Article.objects.create(author=ada, title=f"p{i}")
+    with CaptureQueriesContext(connection) as ctx:
+        Writer.objects.filter(name="Ada").update(name="Ada L.")
+        Article.objects.filter(author=ada).order_by("-title").update(title="moved")
+        Article.objects.filter(author=ada).update(author=ada)
+    locking = [q["sql"] for q in ctx.captured_queries if "FOR UPDATE" in q["sql"]]
+    assert locking, "the write paths lock their rows first"
+    for sql in locking:
+        assert "ORDER BY" in sql, sql

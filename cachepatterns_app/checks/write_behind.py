@@ -10,12 +10,21 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, Warning
 from redis.exceptions import RedisError
 
-__all__ = ["check_write_behind_models", "check_write_behind_redis"]
+__all__ = ["check_write_behind_model", "check_write_behind_models", "check_write_behind_redis"]
 
 
 def check_write_behind_models(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Check the models that use WriteBehindManager or derive from WriteBehindModel."""
     from django.apps import apps
+
+    out: list[CheckMessage] = []
+    for model in apps.get_models():
+        out += check_write_behind_model(model)
+    return out
+
+
+def check_write_behind_model(model: Any) -> list[CheckMessage]:
+    """Return what is wrong with ``model`` as a write-behind model (nothing if it is not one)."""
     from django.db import models
 
     from cachepatterns_app.models import WriteBehindModel
@@ -23,59 +32,88 @@ def check_write_behind_models(*, app_configs: Any = None, **kwargs: Any) -> list
     from cachepatterns_app.patterns.write_behind.state import computed_columns
 
     out: list[CheckMessage] = []
-    for model in apps.get_models():
-        cache = cache_of(model)
-        is_base = issubclass(model, WriteBehindModel)
-        if model._meta.proxy or (cache is None and not is_base):
-            continue
-        label = model._meta.label
-        if cache is None:
-            out.append(
-                Error(
-                    f"{label} derives from WriteBehindModel but has no WriteBehindManager.",
-                    hint="Declare `objects = WriteBehindManager()` as its default manager.",
-                    obj=model,
-                    id="cachepatterns.E012",
-                )
+    cache = cache_of(model)
+    is_base = issubclass(model, WriteBehindModel)
+    if model._meta.proxy or (cache is None and not is_base):
+        return out
+    label = model._meta.label
+    if cache is None:
+        out.append(
+            Error(
+                f"{label} derives from WriteBehindModel but has no WriteBehindManager.",
+                hint="Declare `objects = WriteBehindManager()` as its default manager.",
+                obj=model,
+                id="cachepatterns.E012",
             )
-            continue
-        if not is_base:
-            out.append(
-                Error(
-                    f"{label} uses WriteBehindManager but does not derive from WriteBehindModel.",
-                    hint="Derive it from cachepatterns_app.models.WriteBehindModel (it adds the wb_seq "
-                    "column that orders writes, and the queued save()/delete()); make a migration.",
-                    obj=model,
-                    id="cachepatterns.E012",
-                )
+        )
+        return out
+    if not is_base:
+        out.append(
+            Error(
+                f"{label} uses WriteBehindManager but does not derive from WriteBehindModel.",
+                hint="Derive it from cachepatterns_app.models.WriteBehindModel (it adds the wb_seq "
+                "column that orders writes, and the queued save()/delete()); make a migration.",
+                obj=model,
+                id="cachepatterns.E012",
             )
-        computed = computed_columns(model)
-        if computed:
-            out.append(
-                Error(
-                    f"{label} has columns the database computes ({', '.join(computed)}): a queued "
-                    "write cannot know their values.",
-                    hint="Compute them in Python (a default= instead of db_default=), or use a "
-                    "WriteThroughManager for this model.",
-                    obj=model,
-                    id="cachepatterns.E013",
-                )
+        )
+    computed = computed_columns(model)
+    if computed:
+        out.append(
+            Error(
+                f"{label} has columns the database computes ({', '.join(computed)}): a queued "
+                "write cannot know their values.",
+                hint="Compute them in Python (a default= instead of db_default=), or use a "
+                "WriteThroughManager for this model.",
+                obj=model,
+                id="cachepatterns.E013",
             )
-        pk = model._meta.pk
-        if isinstance(pk, models.AutoField) and not cache.sync_creates:
-            out.append(
-                Error(
-                    f"{label}'s primary key is assigned by the database ({type(pk).__name__}), so a "
-                    "row cannot be created write-behind.",
-                    hint="Give it a primary key known before the insert (a UUIDField with "
-                    "default=uuid.uuid4, or a natural key), or declare "
-                    "WriteBehindManager(sync_creates=True) to create rows synchronously and "
-                    "queue their later saves.",
-                    obj=model,
-                    id="cachepatterns.E014",
-                )
+        )
+    pk = model._meta.pk
+    if isinstance(pk, models.AutoField) and not cache.sync_creates:
+        out.append(
+            Error(
+                f"{label}'s primary key is assigned by the database ({type(pk).__name__}), so a "
+                "row cannot be created write-behind.",
+                hint="Give it a primary key known before the insert (a UUIDField with "
+                "default=uuid.uuid4, or a natural key), or declare "
+                "WriteBehindManager(sync_creates=True) to create rows synchronously and "
+                "queue their later saves.",
+                obj=model,
+                id="cachepatterns.E014",
             )
+        )
+    loose = _loosely_compared(model, pk)
+    if loose:
+        out.append(
+            Error(
+                f"{label}'s primary key {pk.name!r} is text that database {loose[0]!r} "
+                "compare loosely (the collation ignores case, accents or trailing spaces): two "
+                "spellings of one key would queue two rows in Redis for the one row in the "
+                "database, and the flush would fail on the second.",
+                hint="Give the key an exact collation (MariaDB: db_collation='utf8mb4_nopad_bin', "
+                "MySQL 8: 'utf8mb4_0900_bin'; PostgreSQL's and SQLite's defaults are exact), or "
+                "use a UUID or integer key; make a migration.",
+                obj=model,
+                id="cachepatterns.E017",
+            )
+        )
     return out
+
+
+def _loosely_compared(model: Any, pk: Any) -> list[str]:
+    """Return the database (the router's for writes) on which text key ``pk`` is compared loosely."""
+    from django.db import models, router
+
+    from cachepatterns_app.identity import text_is_exact, value_field
+
+    field = value_field(pk)
+    if not isinstance(field, models.CharField | models.TextField | models.GenericIPAddressField):
+        return []  # an integer, a UUID, a project's own non-text field: compared exactly
+    # The database the queued writes go to (WriteBehindRowCache.db_for): a collation
+    # valid there may not exist on the project's other databases.
+    alias = router.db_for_write(model)
+    return [] if text_is_exact(field, alias) else [alias]
 
 
 def check_write_behind_redis(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

@@ -15,10 +15,13 @@ import os
 
 import dj_database_url
 
-__all__ = ["LOOSE", "LOOSE_COLLATION"]
+__all__ = ["EXACT_COLLATION", "LOOSE", "LOOSE_COLLATION"]
 
 _engine = dj_database_url.parse(os.environ.get("DATABASE_URL") or "sqlite://:memory:")["ENGINE"]
 
 LOOSE_COLLATION: str | None = "NOCASE" if _engine.endswith("sqlite3") else None
 #: Whether text columns with LOOSE_COLLATION compare loosely on this database.
 LOOSE = not _engine.endswith("postgresql")
+#: A collation that compares byte for byte, trailing spaces too (what a write-behind
+#: text key needs: check E017). MariaDB's; PostgreSQL's and SQLite's defaults are exact.
+EXACT_COLLATION: str | None = "utf8mb4_nopad_bin" if _engine.endswith("mysql") else None

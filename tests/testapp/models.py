@@ -10,7 +10,7 @@ from cachepatterns_app import CacheAsideManager, InvalidatingManager, WriteBehin
 
 # Not from cachepatterns_app.models: a test runs this app without cachepatterns_app installed.
 from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
-from tests.testapp.collations import LOOSE_COLLATION
+from tests.testapp.collations import EXACT_COLLATION, LOOSE_COLLATION
 from tests.testapp.fields import DB_CASCADE, DB_SET_NULL, LowerCaseField
 
 
@@ -343,7 +343,7 @@ class Counter(WriteBehindModel):
 class Tally(WriteBehindModel):
     """A natural key and a unique column: a queued write the database refuses (poison)."""
 
-    key = models.CharField(primary_key=True, max_length=40)
+    key = models.CharField(primary_key=True, max_length=40, db_collation=EXACT_COLLATION)
     label = models.CharField(max_length=40, unique=True)
     total = models.IntegerField(default=0)
 
@@ -357,3 +357,30 @@ class Visit(WriteBehindModel):
     hits = models.IntegerField(default=0)
 
     objects = WriteBehindManager(ttl=300, sync_creates=True)
+
+
+class Journal(WriteBehindModel):
+    """Every kind of column a queued write stores: the flush must write what was queued."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    title = models.CharField(max_length=60)
+    slug = models.SlugField(unique=True)
+    note = models.TextField(null=True)
+    small = models.SmallIntegerField(default=0)
+    big = models.BigIntegerField(default=0)
+    positive = models.PositiveIntegerField(default=0)
+    flag = models.BooleanField(default=False)
+    maybe = models.BooleanField(null=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=3, default=0)
+    ratio = models.FloatField(default=0.0)
+    day = models.DateField(null=True)
+    at = models.TimeField(null=True)
+    span = models.DurationField(null=True)
+    data = models.JSONField(null=True)
+    blob = models.BinaryField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    owner = models.ForeignKey(Author, null=True, on_delete=models.SET_NULL, related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+    changed = models.DateTimeField(auto_now=True)
+
+    objects = WriteBehindManager(ttl=300)

@@ -51,6 +51,7 @@ from cachepatterns_app.patterns.write_behind import state as row_state
 from cachepatterns_app.patterns.write_behind.model import _pk_text, apply_fences, record_tombstones
 from cachepatterns_app.patterns.write_behind.queue import Entry, Queue, consumer_name
 from cachepatterns_app.patterns.write_behind.rows import SEQ_FIELD, WriteBehindRowCache, flushing
+from cachepatterns_app.patterns.write_behind.sql import writer_for
 
 __all__ = ["FlushResult", "flush_model"]
 
@@ -222,29 +223,39 @@ def _commit(
     with transaction.atomic(using=using), flushing():
         locking = connections[using].features.has_select_for_update
         query: models.QuerySet[Any, Any] = models.QuerySet(model, using=using).filter(pk__in=list(latest))
-        current = {row.pk: row for row in (query.select_for_update() if locking else query)}
+        if locking:
+            # In key order: two flushes of overlapping batches lock in the same order.
+            query = query.order_by("pk").select_for_update()
+        old: list[Model] = []
+        if _families_watch(model):
+            # The rows as they were: a family keyed by a value the write changes is
+            # bumped under the old value too.
+            old = list(query)
+            seqs = {row.pk: int(getattr(row, SEQ_FIELD, 0) or 0) for row in old}
+        else:
+            seqs = {pk: int(seq or 0) for pk, seq in query.values_list("pk", SEQ_FIELD)}
         tomb_query: Any = models.QuerySet(WriteBehindTombstone, using=using).filter(
             label=cache.label, pk_text__in=list(texts.values())
         )
-        tombs = {t.pk_text: t.seq for t in (tomb_query.select_for_update() if locking else tomb_query)}
+        if locking:
+            tomb_query = tomb_query.order_by("pk_text").select_for_update()
+        tombs = dict(tomb_query.values_list("pk_text", "seq"))
         creates: list[Model] = []
         updates: list[Model] = []
         deletes: list[Any] = []
         for pk, entry in latest.items():
-            floor = max(
-                int(getattr(current[pk], SEQ_FIELD, 0) or 0) if pk in current else 0, tombs.get(texts[pk], 0)
-            )
+            floor = max(seqs.get(pk, 0), tombs.get(texts[pk], 0))
             if entry.seq <= floor:
                 stale.append((pk, entry.seq))
                 continue
             applied.append((pk, entry.seq))
             if entry.deleted:
-                if pk in current:
+                if pk in seqs:
                     deletes.append(pk)
                 continue
             obj = row_state.decode_state(cache.codec, entry.state, using)
             obj.__dict__[SEQ_FIELD] = entry.seq
-            (updates if pk in current else creates).append(obj)
+            (updates if pk in seqs else creates).append(obj)
         if deletes:
             # Through the collector: cascades and the delete signals of related rows run
             # as for any delete (this model's own row cache stays quiet: flushing()).
@@ -252,25 +263,14 @@ def _commit(
         for pk, entry in latest.items():
             if entry.deleted and (pk, entry.seq) in applied:
                 record_tombstones(cache, using, [pk], entry.seq)
-        if updates:
-            fields = [f.name for f in model._meta.concrete_fields if not f.primary_key]
-            plain: Any = models.QuerySet(model, using=using)
-            plain.bulk_update(updates, fields)
-        if creates:
-            inserting: Any = models.QuerySet(model, using=using)
-            stamped = [
-                f
-                for f in model._meta.concrete_fields
-                if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
-            ]
-            queued = [{f.attname: obj.__dict__.get(f.attname) for f in stamped} for obj in creates]
-            inserting.bulk_create(creates)
-            if stamped:
-                # bulk_create ran pre_save() again (auto_now: now); the row must hold
-                # what the save queued and the readers saw.
-                for obj, values in zip(creates, queued, strict=True):
-                    obj.__dict__.update(values)
-                inserting.bulk_update(creates, [f.name for f in stamped])
+        writer = writer_for(model, using, SEQ_FIELD)
+        if not writer.supported:
+            _write_with_orm(model, using, creates, updates)
+        else:
+            if updates:
+                writer.update(updates)
+            if creates:
+                writer.insert(creates)
         if updates or creates:
             # What depends on these rows (families, multi-table relatives) changes now.
             written = [obj.pk for obj in (*updates, *creates)]
@@ -280,12 +280,42 @@ def _commit(
                     using,
                     written,
                     UPDATE,
-                    old=list(current.values()),
+                    old=old,
                     new=[*updates, *creates],
                     own=False,
                 )
             )
     return applied, stale
+
+
+def _families_watch(model: type[Model]) -> bool:
+    """Whether a family depends on ``model``'s rows (or a multi-table child's): it needs the old rows."""
+    from cachepatterns_app.registry import dependencies_of, descendants_of, own_dependencies_of
+
+    return bool(dependencies_of(model)) or any(own_dependencies_of(child) for child in descendants_of(model))
+
+
+def _write_with_orm(model: type[Model], using: str, creates: list[Model], updates: list[Model]) -> None:
+    """Write the batch through ``bulk_update`` / ``bulk_create`` (what :mod:`.sql` does not cover)."""
+    if updates:
+        fields = [f.name for f in model._meta.concrete_fields if not f.primary_key]
+        plain: Any = models.QuerySet(model, using=using)
+        plain.bulk_update(updates, fields)
+    if creates:
+        inserting: Any = models.QuerySet(model, using=using)
+        stamped = [
+            f
+            for f in model._meta.concrete_fields
+            if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)
+        ]
+        queued = [{f.attname: obj.__dict__.get(f.attname) for f in stamped} for obj in creates]
+        inserting.bulk_create(creates)
+        if stamped:
+            # bulk_create ran pre_save() again (auto_now: now); the row must hold
+            # what the save queued and the readers saw.
+            for obj, values in zip(creates, queued, strict=True):
+                obj.__dict__.update(values)
+            inserting.bulk_update(creates, [f.name for f in stamped])
 
 
 def _after_commit(

@@ -1,0 +1,232 @@
+"""
+How a flush writes a batch: one multi-row ``INSERT`` for the rows the database lacks
+and one multi-row ``UPDATE`` for the rows it has, built by hand from each field's
+``get_db_prep_save``.
+
+Why not ``bulk_create`` / ``bulk_update``: a queued state is already the row as the
+database will hold it (``auto_now`` ran when it was saved, values are converted), so
+the ORM's per-object ``pre_save`` would only undo that (a second ``auto_now``), and
+its SQL compiler costs more than the database's own work. ``bulk_update`` is worse:
+one ``CASE WHEN pk=… THEN …`` per column, which the database evaluates row by row
+against every branch (quadratic in the batch size).
+
+The statements, per vendor:
+
+- **Creates** (all vendors): ``INSERT INTO t (…) VALUES (…), (…)``. A row inserted
+  meanwhile by another flush makes it fail with an integrity error, which the flush
+  retries once (the row is then found and updated).
+- **Updates, MySQL/MariaDB**: ``UPDATE t JOIN (SELECT … UNION ALL SELECT …) v ON
+  t.pk = v.pk SET … WHERE t.wb_seq < v.wb_seq``. Not ``INSERT … ON DUPLICATE KEY
+  UPDATE``: it fires on a conflict in *any* unique index, so a row whose new unique
+  value collides with another row would silently update that other row instead of
+  failing (and being isolated as poison).
+- **Updates, PostgreSQL and SQLite**: ``INSERT … ON CONFLICT (pk) DO UPDATE SET … WHERE
+  t.wb_seq < excluded.wb_seq``: the conflict target is the primary key alone, so a
+  collision in another unique index still fails; and the insert's columns give each
+  parameter its type (no casts).
+
+The flush holds these rows locked (``SELECT … FOR UPDATE``) and has already skipped
+the writes that are not newer than the row's ``wb_seq``, so the ``wb_seq`` guard is
+a second line of defence: if it ever leaves a row unchanged, the batch is rolled back
+and retried rather than marked flushed.
+
+The ORM path stays for what these statements do not cover: multi-table inheritance
+(a row spans several tables), fields that need their own SQL placeholder (GIS,
+PostgreSQL arrays and ranges; Django's binary field is handled), other
+database vendors, and on MySQL (not MariaDB) a string primary key whose collation
+differs from the connection's (the join would compare two implicit collations, an
+error there; MariaDB compares as ``pk IN (…)`` does, which its test suite proves).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import OperationalError, connections, models
+from django.db.backends.base.operations import BaseDatabaseOperations
+from django.db.models import Field, Model
+
+__all__ = ["RowWriter", "writer_for"]
+
+logger = logging.getLogger(__name__)
+
+#: Rows per statement, at most: keeps a statement well under any packet limit.
+MAX_ROWS = 1000
+#: Parameters per statement, at most (PostgreSQL's protocol limit is 65535).
+MAX_PARAMS = 65535
+
+
+class RowWriter:
+    """Writes decoded rows of one model into one database with hand-built statements."""
+
+    def __init__(self, model: type[Model], using: str, seq_field: str) -> None:
+        connection = connections[using]
+        ops = connection.ops
+        self.model = model
+        self.using = using
+        self.vendor = connection.vendor
+        self.fields: list[Field[Any, Any]] = list(model._meta.concrete_fields)
+        pk = model._meta.pk
+        assert pk is not None
+        self.pk = pk
+        self.table = ops.quote_name(model._meta.db_table)
+        self.columns = [ops.quote_name(str(f.column)) for f in self.fields]
+        self.pk_column = ops.quote_name(str(pk.column))
+        seq: Any = model._meta.get_field(seq_field)
+        self.seq_column = ops.quote_name(str(seq.column))
+        self.specs = [(f, f.attname, _unchanged(f, connection)) for f in self.fields]
+        self.plain = ["%s"] * len(self.fields)
+        # Django's binary fields ask the backend for their placeholder, value by value.
+        self.binary = [i for i, f in enumerate(self.fields) if _binary_placeholder(f)]
+        self.reason = self._unsupported(connection)
+        if self.reason:
+            logger.debug("Write-behind flush of %s uses the ORM: %s", model._meta.label, self.reason)
+
+    @property
+    def supported(self) -> bool:
+        return not self.reason
+
+    def _unsupported(self, connection: Any) -> str:
+        if self.model._meta.parents:
+            return "multi-table inheritance (a row spans several tables)"
+        if self.vendor not in ("mysql", "postgresql", "sqlite"):
+            return f"database vendor {self.vendor!r}"
+        custom = [f.name for f in self.fields if hasattr(f, "get_placeholder") and not _binary_placeholder(f)]
+        if custom:
+            return f"fields with their own SQL placeholder: {', '.join(custom)}"
+        if self.vendor == "mysql" and not connection.mysql_is_mariadb and self._collations_differ(connection):
+            # MariaDB keeps a derived table's literals coercible, so the key column's
+            # collation decides the join as it does ``pk IN (…)``; MySQL 8 materialises
+            # them with the connection's, and two implicit collations are an error.
+            return "the primary key's collation differs from the connection's (MySQL)"
+        return ""
+
+    def _collations_differ(self, connection: Any) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COLLATION_NAME, @@collation_connection FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+                [self.model._meta.db_table, self.pk.column],
+            )
+            found = cursor.fetchone()
+        # No row: the table is not there yet (its error comes from the statement itself).
+        return bool(found and found[0] is not None and found[0] != found[1])
+
+    def _batches(self, objs: Sequence[Model]) -> list[Sequence[Model]]:
+        ops = connections[self.using].ops
+        size = max(1, min(ops.bulk_batch_size(self.fields, objs), MAX_PARAMS // len(self.fields), MAX_ROWS))
+        return [objs[i : i + size] for i in range(0, len(objs), size)]
+
+    def _rows(self, objs: Sequence[Model]) -> tuple[list[list[str]], list[Any]]:
+        """Return each row's placeholders and the parameters of all rows, in column order."""
+        connection = connections[self.using]
+        specs = self.specs
+        params: list[Any] = []
+        append = params.append
+        for obj in objs:
+            values = obj.__dict__
+            for field, attname, unchanged in specs:
+                value = values[attname]
+                append(value if type(value) in unchanged else field.get_db_prep_save(value, connection))
+        width = len(specs)
+        if not self.binary:
+            return [self.plain] * len(objs), params
+        rows = []
+        ops: Any = connection.ops
+        binary_placeholder = ops.binary_placeholder_sql
+        for start in range(0, len(params), width):
+            row = list(self.plain)
+            for index in self.binary:
+                # What the ORM's compiler asks the field for (MySQL: ``_binary %s``).
+                row[index] = binary_placeholder(params[start + index])
+            rows.append(row)
+        return rows, params
+
+    def insert(self, objs: Sequence[Model]) -> None:
+        """Insert ``objs`` (rows the database does not have) as they are: no ``pre_save``."""
+        for chunk in self._batches(objs):
+            rows, params = self._rows(chunk)
+            tuples = ", ".join("(" + ", ".join(row) + ")" for row in rows)
+            # Only quoted identifiers and placeholders are interpolated: every value is a parameter.
+            sql = f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES {tuples}"  # noqa: S608
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(sql, params)
+
+    def update(self, objs: Sequence[Model]) -> None:
+        """Overwrite the rows of ``objs`` (which the database has, locked) with their values."""
+        for chunk in self._batches(objs):
+            rows, params = self._rows(chunk)
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(self._update_sql(rows), params)
+                changed = cursor.rowcount
+            if changed != len(chunk):
+                # The rows are locked and were checked: only a row changed by something
+                # that ignores the locks gets here. Roll back and let the flush retry.
+                raise OperationalError(
+                    f"Write-behind flush of {self.model._meta.label}: {changed} of {len(chunk)} "
+                    "rows updated (the others hold a newer wb_seq); the batch is retried."
+                )
+
+    def _update_sql(self, rows: list[list[str]]) -> str:
+        # As in insert(): identifiers and placeholders only, the values are parameters.
+        if self.vendor == "mysql":
+            first = "SELECT " + ", ".join(f"{p} AS {c}" for p, c in zip(rows[0], self.columns, strict=True))
+            others = "".join(" UNION ALL SELECT " + ", ".join(row) for row in rows[1:])
+            assignments = ", ".join(f"t.{c} = v.{c}" for c in self.columns if c != self.pk_column)
+            return (
+                f"UPDATE {self.table} AS t JOIN ({first}{others}) AS v "  # noqa: S608
+                f"ON t.{self.pk_column} = v.{self.pk_column} SET {assignments} "
+                f"WHERE t.{self.seq_column} < v.{self.seq_column}"
+            )
+        tuples = ", ".join("(" + ", ".join(row) + ")" for row in rows)
+        assignments = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c != self.pk_column)
+        return (
+            f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES {tuples} "  # noqa: S608
+            f"ON CONFLICT ({self.pk_column}) DO UPDATE SET {assignments} "
+            f"WHERE {self.table}.{self.seq_column} < excluded.{self.seq_column}"
+        )
+
+
+def _binary_placeholder(field: Field[Any, Any]) -> bool:
+    """Whether ``field``'s placeholder is Django's binary one (which the writer asks the backend for)."""
+    binary: Any = models.BinaryField
+    return getattr(type(field), "get_placeholder", None) is binary.get_placeholder
+
+
+def _unchanged(field: Field[Any, Any], connection: Any) -> frozenset[type]:
+    """Return the value types ``field.get_db_prep_save`` returns as they are."""
+    # Only Django's own text, integer and boolean fields, and only where their class
+    # does not change how a value is prepared: a project's field may map even a str.
+    cls = type(field)
+    if cls.get_db_prep_save is not Field.get_db_prep_save:
+        return frozenset()
+    prep, db_prep = cls.get_prep_value, cls.get_db_prep_value
+    if db_prep is Field.get_db_prep_value:
+        if prep in (models.CharField.get_prep_value, models.TextField.get_prep_value):
+            return frozenset((str, type(None)))
+        if prep is models.BooleanField.get_prep_value:
+            return frozenset((bool, type(None)))
+    if (
+        db_prep is models.IntegerField.get_db_prep_value
+        and prep is models.IntegerField.get_prep_value
+        # PostgreSQL's adapter wraps integers in its own types; MySQL's and SQLite's do not.
+        and type(connection.ops).adapt_integerfield_value is BaseDatabaseOperations.adapt_integerfield_value
+    ):
+        return frozenset((int, type(None)))
+    return frozenset()
+
+
+_writers: dict[tuple[type[Model], str, int], RowWriter] = {}
+
+
+def writer_for(model: type[Model], using: str, seq_field: str) -> RowWriter:
+    """Return the model's writer for ``using``, worked out once per database settings."""
+    # Keyed on the settings entry's identity: a test or a deployment that points the
+    # alias elsewhere (override_settings) gets a writer that looks at that database.
+    key = (model, using, id(connections[using].settings_dict))
+    writer = _writers.get(key)
+    if writer is None:
+        writer = _writers[key] = RowWriter(model, using, seq_field)
+    return writer
