@@ -54,9 +54,10 @@ class NotCanonical(ValueError):
     """A value has no exact canonical form (the database would round or coerce it)."""
 
 
-#: alias -> (settings dict, its NAME, the settings object, token). Checked by identity and
-#: NAME only on the hit path: the test runner renames a database in place, and an
-#: override of CACHEPATTERNS or DATABASES replaces the objects compared.
+#: alias -> (settings dict, its NAME/HOST/PORT, the settings object, token). Checked by identity and
+#: NAME, HOST and PORT only on the hit path: the test runner renames a database in
+#: place (a failover script may repoint one), and an override of CACHEPATTERNS or
+#: DATABASES replaces the objects compared.
 _memo: dict[str, tuple[Any, Any, Any, str]] = {}
 
 
@@ -65,7 +66,8 @@ def database_identity(alias: str) -> str:
     config = connections.settings[alias]
     settings = get_settings()
     memo = _memo.get(alias)
-    if memo is not None and memo[0] is config and memo[2] is settings and memo[1] == config.get("NAME"):
+    where = (config.get("NAME"), config.get("HOST"), config.get("PORT"))
+    if memo is not None and memo[0] is config and memo[2] is settings and memo[1] == where:
         return memo[3]
     facts = (
         settings.DEPLOYMENT_ID,
@@ -77,7 +79,7 @@ def database_identity(alias: str) -> str:
     )
     digest = hashlib.sha256(repr(facts).encode("utf-8", "surrogatepass")).digest()
     token = base64.b32encode(digest).decode("ascii")[:8].lower()
-    _memo[alias] = (config, config.get("NAME"), settings, token)
+    _memo[alias] = (config, where, settings, token)
     return token
 
 

@@ -347,6 +347,16 @@ def test_the_derived_identity_follows_the_database_name(monkeypatch):
     assert database_identity("other") != before
 
 
+@pytest.mark.parametrize("setting", ["HOST", "PORT"])
+def test_the_derived_identity_follows_the_server_when_it_is_repointed_in_place(monkeypatch, setting):
+    before = database_identity("default")
+    config = connections.settings["default"]
+    monkeypatch.setitem(config, setting, "192.0.2.7" if setting == "HOST" else "4406")
+    assert database_identity("default") != before
+    monkeypatch.undo()
+    assert database_identity("default") == before
+
+
 # -- only the connections a call uses ---------------------------------------------------------
 
 
