@@ -13,6 +13,7 @@ from celery import shared_task
 
 from cachepatterns_app import invalidation
 from cachepatterns_app.celery import connect_signals
+from cachepatterns_app.exceptions import CacheUnavailable
 
 __all__ = [
     "flush_write_behind",
@@ -44,12 +45,22 @@ def flush_write_behind(model: str | None = None, using: str | None = None) -> in
     """
     Flush the write-behind queue of ``model`` (``"app.model"``; None: every write-behind
     model) to the database. Beat runs it every ``FLUSH_INTERVAL`` seconds; a save that
-    finds ``BATCH_SIZE`` writes waiting triggers it early. Return the rows written.
+    finds ``BATCH_SIZE`` writes waiting triggers it early. Return the rows written (0
+    when Redis became unavailable during the flush).
     """
     from cachepatterns_app.patterns.write_behind.operations import flush
 
-    invalidation.retry_failed()  # fences recorded during an outage come first
-    return flush(model, using=using)
+    try:
+        invalidation.retry_failed()  # fences recorded during an outage come first
+        return flush(model, using=using)
+    except CacheUnavailable as e:
+        # Nothing is lost: a batch committed but not acknowledged is delivered again
+        # and skipped as stale, the rest stays queued. The next beat run flushes it;
+        # a raising task would only fill the worker's log with tracebacks.
+        logger.warning(
+            "Write-behind flush of %s stopped: Redis is unavailable (%s)", model or "every model", e
+        )
+        return 0
 
 
 @shared_task(name="cachepatterns.reclaim_pending")

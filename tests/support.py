@@ -42,6 +42,7 @@ __all__ = [
     "SelectCounter",
     "Traffic",
     "Worker",
+    "breaker_cooled_down",
     "cachepatterns",
     "family_keys",
     "keys_of",
@@ -116,6 +117,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float = PATIENCE, interval
         if value or time.monotonic() >= deadline:
             return value
         time.sleep(interval)
+
+
+def breaker_cooled_down() -> None:
+    """Wait until the open circuit breaker's cooldown is over (its next call is a trial)."""
+    breaker = get_store().breaker
+    assert breaker.state == "open"
+    assert wait_until(lambda: breaker._clock() - breaker._opened_at >= breaker.cooldown)
 
 
 def settle() -> None:
@@ -260,6 +268,17 @@ class PrivateRedis:
     def resume(self) -> None:
         os.kill(self.process.pid, signal.SIGCONT)
         self.paused = False
+
+    def client_pause(self, mode: str, ms: int = 3_600_000) -> None:
+        """
+        Hold the server's clients with ``CLIENT PAUSE ms mode`` (``WRITE`` or ``ALL``; by
+        default for an hour: the test ends it). ``CLIENT UNPAUSE`` ends a WRITE pause; an
+        ALL pause holds ``CLIENT UNPAUSE`` too (Redis 7.0), so end it with a restart.
+        """
+        self.client.execute_command("CLIENT", "PAUSE", ms, mode)
+
+    def client_unpause(self) -> None:
+        self.client.execute_command("CLIENT", "UNPAUSE")
 
     def command_calls(self) -> dict[str, int]:
         """Return ``{command: calls}`` from ``INFO commandstats``."""

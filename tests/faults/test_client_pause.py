@@ -13,7 +13,6 @@ measures time: waits are proven by traffic counts and the breaker's state.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,14 +22,21 @@ from django.test import override_settings
 
 from cachepatterns_app import flush_write_behind, invalidation
 from cachepatterns_app.store import get_store
-from tests.support import PrivateRedis, cachepatterns, keys_of, private_redis, traffic_to, wait_until
+from tests.support import (
+    PrivateRedis,
+    breaker_cooled_down,
+    cachepatterns,
+    keys_of,
+    private_redis,
+    traffic_to,
+    wait_until,
+)
 from tests.testapp.models import Author, Counter
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls("tests.faults.urls")]
 
 SOCKET_TIMEOUT = 0.5
 COOLDOWN = 0.5
-FOREVER_MS = 3_600_000  # the pause never ends by itself during a test
 
 
 @pytest.fixture
@@ -47,16 +53,6 @@ def server() -> Iterator[PrivateRedis]:
 def ada() -> Author:
     author: Author = Author.objects.create(name="Ada", email="ada@example.com", slug="ada")
     return author
-
-
-def pause(server: PrivateRedis, mode: str) -> None:
-    server.client.execute_command("CLIENT", "PAUSE", FOREVER_MS, mode)
-
-
-def after_cooldown() -> None:
-    breaker = get_store().breaker
-    assert breaker.state == "open"
-    assert wait_until(lambda: time.monotonic() - breaker._opened_at >= COOLDOWN)
 
 
 def name_in_db(pk: Any) -> str:
@@ -82,7 +78,7 @@ def test_client_pause_write_during_an_invalidation_no_500_and_retried_on_unpause
     assert wait_until(lambda: server.client.exists(keys.value))
     stale = server.client.get(keys.value)
 
-    pause(server, "WRITE")
+    server.client_pause("WRITE")
     try:
         with traffic_to(server.port) as traffic:
             response = client.post(f"/author/{ada.pk}/", {"name": "Countess"})
@@ -98,9 +94,9 @@ def test_client_pause_write_during_an_invalidation_no_500_and_retried_on_unpause
         # Reads still answer during a WRITE pause: the old row is there, unreached.
         assert server.client.get(keys.value) == stale
     finally:
-        server.client.execute_command("CLIENT", "UNPAUSE")
+        server.client_unpause()
 
-    after_cooldown()
+    breaker_cooled_down()
     response = client.get(f"/author/{ada.pk}/")
     assert (response.status_code, response.json()) == (200, {"name": "Countess"})
     assert invalidation.pending_retries() == 0
@@ -124,7 +120,7 @@ def test_client_pause_all_during_reads_no_500_breaker_opens_then_closes(client, 
     assert client.get(f"/author/{ada.pk}/").status_code == 200
     assert wait_until(lambda: server.client.exists(keys.value))
 
-    pause(server, "ALL")
+    server.client_pause("ALL")
     with traffic_to(server.port) as traffic:
         response = client.get(f"/author/{ada.pk}/")
     assert (response.status_code, response.json()) == (200, {"name": "Ada"})
@@ -137,7 +133,7 @@ def test_client_pause_all_during_reads_no_500_breaker_opens_then_closes(client, 
 
     server.crash()  # CLIENT UNPAUSE would itself be held
     server.start()
-    after_cooldown()
+    breaker_cooled_down()
     assert client.get(f"/author/{ada.pk}/").status_code == 200
     assert get_store().breaker.state == "closed"
     assert wait_until(lambda: server.client.exists(keys.value))
@@ -167,15 +163,15 @@ def test_client_pause_write_during_a_write_behind_save_falls_back_to_the_databas
         counter = Counter(name="before", views=1)
         counter.save()
         flush_write_behind(Counter)
-        pause(server, "WRITE")
+        server.client_pause("WRITE")
         try:
             counter.name, counter.views = "during the pause", 2
             counter.save()
             row = models.QuerySet(Counter).get(pk=counter.pk)
             assert (row.name, row.views) == ("during the pause", 2)
         finally:
-            server.client.execute_command("CLIENT", "UNPAUSE")
-        after_cooldown()
+            server.client_unpause()
+        breaker_cooled_down()
         flush_write_behind(Counter)
         row = models.QuerySet(Counter).get(pk=counter.pk)
         assert (row.name, row.views) == ("during the pause", 2)
