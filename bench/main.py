@@ -174,6 +174,7 @@ def _measure(args: argparse.Namespace, rounds: int, seed_rounds: int, redis: Any
     wb.drain()
     _say("write-behind flush: per-row cost of 500-row batches")
     results["wb_flush_row"], results["wb_flush_update_row"] = wb.flush_per_row(5 if args.quick else 20, 500)
+    results["wb_raw_insert_row"] = wb.floor
     checks.update(wb.workers((1, 2, 4), 5000 if args.quick else 20000, _say))
     data.purge_tasks()  # the early-flush triggers of those saves: no worker ran to take them
 

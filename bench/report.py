@@ -63,6 +63,7 @@ ROWS: list[tuple[str, list[tuple[str, str]]]] = [
             ("wb_raw_multi", "wb_plain_save"),
             ("wb_flush_row", "wb_plain_save"),
             ("wb_flush_update_row", "wb_plain_save"),
+            ("wb_raw_insert_row", "wb_plain_save"),
         ],
     ),
     (

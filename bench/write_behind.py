@@ -40,6 +40,7 @@ class WriteBehindBench:
         self.queued = _row(0)
         self.queued.save()
         self.plain = PlainAuthor.objects.get(pk=SAVE_PK)
+        self.floor: Summary | None = None  # flush_per_row's raw INSERT, measured beside it
 
     def save_variants(self) -> list[Variant]:
         from django_redis import get_redis_connection
@@ -100,8 +101,9 @@ class WriteBehindBench:
         from cachepatterns_app.patterns.write_behind.flush import flush_model
 
         self.drain()
-        creates, updates = [], []
+        creates, updates, floor = [], [], []
         for b in range(batches):
+            floor.append(self._raw_insert(size) // size)
             rows = [_row(b * size + i + 1) for i in range(size)]
             for kind, samples in (("created", creates), ("updated", updates)):
                 for row in rows:
@@ -113,12 +115,35 @@ class WriteBehindBench:
                 if result.rows != size:
                     raise RuntimeError(f"flushed {result.rows} {kind} rows of {size}")
                 samples.append(elapsed // size)
+        self.floor = summary_of(
+            "wb_raw_insert_row",
+            f"raw multi-row INSERT of {size} prepared rows in one transaction, per row (the floor)",
+            floor,
+        )
         return (
             summary_of("wb_flush_row", f"flush of a {size}-row batch of new rows, per row", creates),
             summary_of(
                 "wb_flush_update_row", f"flush of a {size}-row batch of updated rows, per row", updates
             ),
         )
+
+    def _raw_insert(self, size: int) -> int:
+        """Insert ``size`` rows with one hand-written statement in a transaction; return ns."""
+        from django.db import connection, transaction
+
+        fields = QueuedAuthor._meta.concrete_fields
+        rows = [_row(-1 - i) for i in range(size)]
+        params = [f.get_db_prep_save(getattr(row, f.attname), connection) for row in rows for f in fields]
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(f.column) for f in fields)
+        tuples = ", ".join(["(" + ", ".join(["%s"] * len(fields)) + ")"] * size)
+        table = quote(QueuedAuthor._meta.db_table)
+        started = time.perf_counter_ns()
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"INSERT INTO {table} ({columns}) VALUES {tuples}", params)
+        elapsed = time.perf_counter_ns() - started
+        models.QuerySet(QueuedAuthor).filter(pk__in=[row.pk for row in rows]).delete()
+        return elapsed
 
     def workers(self, counts: tuple[int, ...], rows: int, progress: Callable[[str], None]) -> dict[str, str]:
         """Return rows/s for each number of flush worker processes on a backlog of ``rows`` rows."""

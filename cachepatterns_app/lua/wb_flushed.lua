@@ -5,8 +5,9 @@
 -- All rows of a model share one hash tag, so one call covers a whole batch.
 local cleaned = 0
 for i = 1, #KEYS do
-  if redis.pcall('HGET', KEYS[i], '~s') == ARGV[i + 1] then
-    if redis.call('HGET', KEYS[i], '~f') == 'x' then
+  local row = redis.pcall('HMGET', KEYS[i], '~s', '~f')
+  if type(row) == 'table' and row[1] == ARGV[i + 1] then
+    if row[2] == 'x' then
       redis.call('DEL', KEYS[i])
     else
       redis.call('HSET', KEYS[i], '~f', 'c')

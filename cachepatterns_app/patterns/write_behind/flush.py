@@ -51,7 +51,7 @@ from cachepatterns_app.patterns.write_behind import state as row_state
 from cachepatterns_app.patterns.write_behind.model import _pk_text, apply_fences, record_tombstones
 from cachepatterns_app.patterns.write_behind.queue import Entry, Queue, consumer_name
 from cachepatterns_app.patterns.write_behind.rows import SEQ_FIELD, WriteBehindRowCache, flushing
-from cachepatterns_app.patterns.write_behind.sql import writer_for
+from cachepatterns_app.patterns.write_behind.sql import locked_tombstones, writer_for
 
 __all__ = ["FlushResult", "flush_model"]
 
@@ -131,6 +131,10 @@ def flush_model(
         total.add(result)
         if result.left:
             break  # the database is unreachable: the rest waits for the next flush
+        if len(entries) < batch_size:
+            # The read returned everything queued when it ran: what came later is the
+            # next flush's (early-flush triggers and beat see to it). Saves a round trip.
+            break
     _warn_if_behind(cache, queue, float(settings["WARN_AFTER"]))
     return total
 
@@ -212,7 +216,6 @@ def _commit(
     cache: WriteBehindRowCache, using: str, rows: list[_Row]
 ) -> tuple[list[tuple[Any, int]], list[tuple[Any, int]]]:
     """Apply the latest write of each row in one transaction; return (applied, stale) (pk, seq)."""
-    from cachepatterns_app.models import WriteBehindTombstone
     from cachepatterns_app.writes import record
 
     model = cache.model
@@ -221,25 +224,23 @@ def _commit(
     applied: list[tuple[Any, int]] = []
     stale: list[tuple[Any, int]] = []
     with transaction.atomic(using=using), flushing():
-        locking = connections[using].features.has_select_for_update
-        query: models.QuerySet[Any, Any] = models.QuerySet(model, using=using).filter(pk__in=list(latest))
-        if locking:
-            # In key order: two flushes of overlapping batches lock in the same order.
-            query = query.order_by("pk").select_for_update()
+        writer = writer_for(model, using, SEQ_FIELD)
         old: list[Model] = []
-        if _families_watch(model):
+        found = None
+        if writer.supported and not _families_watch(model):
+            found = writer.locked_seqs(list(latest))
+        if found is not None:
+            seqs = found
+        else:
+            query: models.QuerySet[Any, Any] = models.QuerySet(model, using=using).filter(pk__in=list(latest))
+            if connections[using].features.has_select_for_update:
+                # In key order: two flushes of overlapping batches lock in the same order.
+                query = query.order_by("pk").select_for_update()
             # The rows as they were: a family keyed by a value the write changes is
             # bumped under the old value too.
             old = list(query)
             seqs = {row.pk: int(getattr(row, SEQ_FIELD, 0) or 0) for row in old}
-        else:
-            seqs = {pk: int(seq or 0) for pk, seq in query.values_list("pk", SEQ_FIELD)}
-        tomb_query: Any = models.QuerySet(WriteBehindTombstone, using=using).filter(
-            label=cache.label, pk_text__in=list(texts.values())
-        )
-        if locking:
-            tomb_query = tomb_query.order_by("pk_text").select_for_update()
-        tombs = dict(tomb_query.values_list("pk_text", "seq"))
+        tombs = locked_tombstones(using, cache.label, list(texts.values()))
         creates: list[Model] = []
         updates: list[Model] = []
         deletes: list[Any] = []
@@ -263,7 +264,6 @@ def _commit(
         for pk, entry in latest.items():
             if entry.deleted and (pk, entry.seq) in applied:
                 record_tombstones(cache, using, [pk], entry.seq)
-        writer = writer_for(model, using, SEQ_FIELD)
         if not writer.supported:
             _write_with_orm(model, using, creates, updates)
         else:

@@ -48,6 +48,8 @@ from django.db import OperationalError, connections, models
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, Model
 
+from cachepatterns_app.identity import value_field
+
 __all__ = ["RowWriter", "writer_for"]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +79,12 @@ class RowWriter:
         seq: Any = model._meta.get_field(seq_field)
         self.seq_column = ops.quote_name(str(seq.column))
         self.specs = [(f, f.attname, _unchanged(f, connection)) for f in self.fields]
+        # A key whose column value reads back through the field's to_python alone
+        # (Django's UUID, integer and text fields; a one-to-one key through its target).
+        key = value_field(pk)
+        self.simple_pk = type(key).__module__.startswith("django.") and isinstance(
+            key, models.UUIDField | models.IntegerField | models.AutoField | models.CharField
+        )
         self.plain = ["%s"] * len(self.fields)
         # Django's binary fields ask the backend for their placeholder, value by value.
         self.binary = [i for i, f in enumerate(self.fields) if _binary_placeholder(f)]
@@ -113,6 +121,32 @@ class RowWriter:
             found = cursor.fetchone()
         # No row: the table is not there yet (its error comes from the statement itself).
         return bool(found and found[0] is not None and found[0] != found[1])
+
+    def locked_seqs(self, pks: Sequence[Any]) -> dict[Any, int] | None:
+        """
+        Return ``{pk: wb_seq}`` of the rows of ``pks`` the database has, locked in key
+        order, or None where the key type needs the ORM's conversions (then the caller
+        asks the ORM).
+        """
+        if not self.simple_pk:
+            return None
+        connection = connections[self.using]
+        prep = self.pk.get_db_prep_value
+        params = [prep(pk, connection) for pk in pks]
+        lock = connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
+        out: dict[Any, int] = {}
+        to_python = self.pk.to_python
+        for start in range(0, len(params), MAX_ROWS):
+            chunk = params[start : start + MAX_ROWS]
+            sql = (
+                f"SELECT {self.pk_column}, {self.seq_column} FROM {self.table} "  # noqa: S608
+                f"WHERE {self.pk_column} IN ({', '.join(['%s'] * len(chunk))}) "
+                f"ORDER BY {self.pk_column} {lock}"
+            )
+            with connection.cursor() as cursor:
+                cursor.execute(sql, chunk)
+                out.update((to_python(pk), int(seq or 0)) for pk, seq in cursor.fetchall())
+        return out
 
     def _batches(self, objs: Sequence[Model]) -> list[Sequence[Model]]:
         ops = connections[self.using].ops
@@ -230,3 +264,31 @@ def writer_for(model: type[Model], using: str, seq_field: str) -> RowWriter:
     if writer is None:
         writer = _writers[key] = RowWriter(model, using, seq_field)
     return writer
+
+
+def locked_tombstones(using: str, label: str, texts: Sequence[str]) -> dict[str, int]:
+    """Return ``{pk_text: seq}`` of the tombstones of ``label``'s rows ``texts``, locked in key order."""
+    from cachepatterns_app.models import WriteBehindTombstone
+
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    meta = WriteBehindTombstone._meta
+    column: Any = meta.get_field
+    table, label_c, text_c, seq_c = (
+        quote(meta.db_table),
+        quote(column("label").column),
+        quote(column("pk_text").column),
+        quote(column("seq").column),
+    )
+    lock = connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
+    out: dict[str, int] = {}
+    for start in range(0, len(texts), MAX_ROWS):
+        chunk = list(texts[start : start + MAX_ROWS])
+        sql = (
+            f"SELECT {text_c}, {seq_c} FROM {table} WHERE {label_c} = %s "  # noqa: S608
+            f"AND {text_c} IN ({', '.join(['%s'] * len(chunk))}) ORDER BY {text_c} {lock}"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [label, *chunk])
+            out.update((text, int(seq)) for text, seq in cursor.fetchall())
+    return out
