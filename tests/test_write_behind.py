@@ -334,6 +334,22 @@ def test_redis_unreachable_at_save_raises_with_raise_and_writes_nothing():
         assert in_db(Counter, counter.pk) is None
 
 
+def test_the_flush_task_with_redis_down_warns_and_returns_zero(caplog):
+    """Beat runs the task whatever Redis's state: a stopped Redis is a warning, not a traceback."""
+    import logging
+
+    from cachepatterns_app import tasks
+
+    with private_redis() as server, _caches(server), _limited("sync"):
+        Counter(name="queued").save()
+        server.stop()
+        with caplog.at_level(logging.WARNING, "cachepatterns_app"):
+            task = tasks.flush_write_behind.apply(args=("testapp.counter",))
+    assert task.successful(), task.traceback
+    assert task.result == 0
+    assert [r.levelno for r in caplog.records if r.name == "cachepatterns_app.tasks"] == [logging.WARNING]
+
+
 def test_a_direct_write_during_an_outage_wins_over_older_queued_writes():
     # Queued before the outage, not flushed; the same row saved (synchronously) during
     # it; Redis comes back: the flush fences the row first, so the old write is skipped.
