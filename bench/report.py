@@ -314,11 +314,18 @@ METHOD = """## Method
   (untimed, `SET … KEEPTTL`), so every timed call invalidates N live pages. The seed's is its
   `_invalidate_user_posts_cache()`: `KEYS app:user:{id}:posts:page:*`, then `DEL` of what it
   found; the deleted keys are written again between rounds (untimed).
+- **Write-behind flush per row.** Each of the 20 rounds queues 500 new rows and times their
+  flush (one `INSERT` of 500 rows), then saves each row again and times that flush (one
+  multi-row update), and beside them times the floor: one hand-written 500-row `INSERT` of
+  prepared values in a transaction, with no queue, no decoding, no locking read and no Redis
+  bookkeeping. What the flush adds to the floor: the locking read of the rows' `wb_seq` and
+  their tombstones, reading and decoding the stream entries, and, after the commit, the
+  acknowledgement and marking the rows clean in Redis.
 - **Write-behind flush workers.** 20,000 queued saves of `bench.QueuedAuthor` are drained by 1, 2
   and 4 processes started together (`bench/flush_child.py`: each a consumer of the model's one
   stream, flushing one batch per transaction until the stream is empty); the time includes each
   process's start (`django.setup()`). The curve flattens because the machine has two cores: one
-  process keeps about one core busy (decoding stream entries, building the upsert) and waits on
+  process keeps about one core busy (decoding stream entries, building the statements) and waits on
   the rest (the commit's redo-log flush, the round trips), so a second process nearly fills the
   second core, while four processes share the same two cores with MariaDB and Redis
   themselves and only gain by overlapping those waits. They never contend for rows:

@@ -67,14 +67,22 @@ def flush_write_behind(model: str | None = None, using: str | None = None) -> in
 def reclaim_pending() -> int:
     """
     Apply the queued writes that a worker was handed and never acknowledged (it died,
-    or the write failed and its backoff is over). Return the rows written.
+    or the write failed and its backoff is over). Return the rows written (what was
+    written before Redis became unavailable, if it did).
     """
     from cachepatterns_app.patterns.write_behind.flush import flush_model
     from cachepatterns_app.patterns.write_behind.operations import caches
 
     written = 0
     for cache in caches():
-        written += flush_model(cache, cache.db_for(), max_batches=0).rows
+        try:
+            written += flush_model(cache, cache.db_for(), max_batches=0).rows
+        except CacheUnavailable as e:
+            # As for flush_write_behind: the pending entries stay pending for the next run.
+            logger.warning(
+                "Reclaiming the write-behind writes of %s stopped: Redis is unavailable (%s)", cache.label, e
+            )
+            break
     return written
 
 

@@ -350,6 +350,21 @@ def test_the_flush_task_with_redis_down_warns_and_returns_zero(caplog):
     assert [r.levelno for r in caplog.records if r.name == "cachepatterns_app.tasks"] == [logging.WARNING]
 
 
+def test_the_reclaim_task_with_redis_down_warns_and_returns_zero(caplog):
+    import logging
+
+    from cachepatterns_app import tasks
+
+    with private_redis() as server, _caches(server), _limited("sync"):
+        Counter(name="queued").save()
+        server.stop()
+        with caplog.at_level(logging.WARNING, "cachepatterns_app"):
+            task = tasks.reclaim_pending.apply()
+    assert task.successful(), task.traceback
+    assert task.result == 0
+    assert [r.levelno for r in caplog.records if r.name == "cachepatterns_app.tasks"] == [logging.WARNING]
+
+
 def test_a_direct_write_during_an_outage_wins_over_older_queued_writes():
     # Queued before the outage, not flushed; the same row saved (synchronously) during
     # it; Redis comes back: the flush fences the row first, so the old write is skipped.
