@@ -44,6 +44,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import django
 from django.db import OperationalError, connections, models
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, Model
@@ -101,7 +102,7 @@ class RowWriter:
             return "multi-table inheritance (a row spans several tables)"
         if self.vendor not in ("mysql", "postgresql", "sqlite"):
             return f"database vendor {self.vendor!r}"
-        custom = [f.name for f in self.fields if hasattr(f, "get_placeholder") and not _binary_placeholder(f)]
+        custom = [f.name for f in self.fields if _placeholder(type(f)) and not _binary_placeholder(f)]
         if custom:
             return f"fields with their own SQL placeholder: {', '.join(custom)}"
         if self.vendor == "mysql" and not connection.mysql_is_mariadb and self._collations_differ(connection):
@@ -169,12 +170,11 @@ class RowWriter:
             return [self.plain] * len(objs), params
         rows = []
         ops: Any = connection.ops
-        binary_placeholder = ops.binary_placeholder_sql
         for start in range(0, len(params), width):
             row = list(self.plain)
             for index in self.binary:
                 # What the ORM's compiler asks the field for (MySQL: ``_binary %s``).
-                row[index] = binary_placeholder(params[start + index])
+                row[index] = _binary_sql(ops, params[start + index])
             rows.append(row)
         return rows, params
 
@@ -223,10 +223,27 @@ class RowWriter:
         )
 
 
+# Django 6 renamed Field.get_placeholder(value, compiler, connection) -> sql to
+# get_placeholder_sql(...) -> (sql, params), and binary_placeholder_sql(value) -> sql to
+# binary_placeholder_sql(value, compiler) -> (sql, params).
+_NEW_PLACEHOLDERS = django.VERSION >= (6,)
+
+
+def _placeholder(cls: type) -> Any:
+    return getattr(cls, "get_placeholder_sql" if _NEW_PLACEHOLDERS else "get_placeholder", None)
+
+
 def _binary_placeholder(field: Field[Any, Any]) -> bool:
     """Whether ``field``'s placeholder is Django's binary one (which the writer asks the backend for)."""
-    binary: Any = models.BinaryField
-    return getattr(type(field), "get_placeholder", None) is binary.get_placeholder
+    method = _placeholder(type(field))
+    return method is not None and method is _placeholder(models.BinaryField)
+
+
+def _binary_sql(ops: Any, value: Any) -> str:
+    if _NEW_PLACEHOLDERS:
+        sql, _params = ops.binary_placeholder_sql(value, None)  # its params are (value,)
+        return str(sql)
+    return str(ops.binary_placeholder_sql(value))
 
 
 def _unchanged(field: Field[Any, Any], connection: Any) -> frozenset[type]:
