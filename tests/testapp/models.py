@@ -384,3 +384,46 @@ class Journal(WriteBehindModel):
     changed = models.DateTimeField(auto_now=True)
 
     objects = WriteBehindManager(ttl=300)
+
+
+class Reserved(WriteBehindModel):
+    """Review: a table and columns named by reserved words; nullable columns of every kind."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    order = models.IntegerField(null=True, db_column="order")
+    select = models.CharField(max_length=300, null=True, db_column="select")
+    text = models.TextField(null=True, db_column="group")
+    at = models.DateTimeField(null=True)
+    amount = models.DecimalField(max_digits=30, decimal_places=10, null=True)
+    ratio = models.FloatField(null=True)
+    flag = models.BooleanField(null=True)
+    ref = models.UUIDField(null=True)
+    data = models.JSONField(null=True)
+    blob = models.BinaryField(null=True)
+    span = models.DurationField(null=True)
+    big = models.BigIntegerField(null=True)
+
+    objects = WriteBehindManager(ttl=300)
+
+    class Meta:
+        db_table = "order"
+
+
+class Badge(WriteBehindModel):
+    """Review: a one-to-one primary key."""
+
+    author = models.OneToOneField(Author, primary_key=True, on_delete=models.CASCADE, related_name="+")
+    points = models.IntegerField(default=0)
+
+    objects = WriteBehindManager(ttl=300)
+
+
+class Wide(WriteBehindModel):
+    """Review: 60 columns (SQLite's parameter limit)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    for _i in range(60):
+        locals()[f"c{_i}"] = models.IntegerField(default=0)
+    del _i
+
+    objects = WriteBehindManager(ttl=300)
