@@ -285,3 +285,135 @@ def test_two_flushes_of_overlapping_batches_in_threads(settings):
         pass
     assert sum(r.failed for r in results) == 0, results
     assert sorted(set(models.QuerySet(Wide).values_list("c0", flat=True))) == [8]
+
+
+# --- E017 ------------------------------------------------------------------------------
+
+from django.db import connections as _connections  # noqa: E402
+from django.test.utils import isolate_apps  # noqa: E402
+
+
+class TextKey(models.Field):  # type: ignore[type-arg]
+    """A project's own text field that is not a CharField subclass."""
+
+    def db_type(self, connection: Any) -> str:
+        return "varchar(20)"
+
+    def get_internal_type(self) -> str:
+        return "TextKey"
+
+
+class Upper(models.CharField):  # type: ignore[type-arg]
+    """A project's own CharField subclass that converts nothing."""
+
+
+@pytest.fixture
+def forget() -> Any:
+    from cachepatterns_app import registry
+
+    made: list[Any] = []
+    yield made
+    with registry._lock:
+        for model in made:
+            registry._row_caches.pop(model, None)
+
+
+@isolate_apps("tests.testapp")
+def test_e017_misses_a_text_key_of_a_field_class_that_is_not_a_charfield(forget):
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.checks.write_behind import check_write_behind_model
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
+
+    class CustomTextKey(WriteBehindModel):
+        code = TextKey(primary_key=True)
+        n = models.IntegerField(default=0)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget.append(CustomTextKey)
+    found = [m.id for m in check_write_behind_model(CustomTextKey)]
+    if _connections["default"].vendor != "mysql":
+        pytest.skip("the column's collation is exact on this database")
+    # The column takes the database's collation (utf8mb4_unicode_ci in the suite): loose.
+    with _connections["default"].schema_editor() as editor:
+        editor.create_model(CustomTextKey)
+    try:
+        CustomTextKey(code="k", n=1).save()
+        CustomTextKey(code="K", n=2).save()
+        result = flush_model(row_cache_for(CustomTextKey), "default")
+        stored = list(models.QuerySet(CustomTextKey).values_list("code", "n"))
+    finally:
+        with _connections["default"].schema_editor() as editor:
+            editor.delete_model(CustomTextKey)
+    # Two queued rows, one database row: what E017 exists to refuse.
+    assert (result.rows, result.failed, len(stored)) == (1, 1, 1), (result, stored)
+    assert found == ["cachepatterns.E017"]
+
+
+@isolate_apps("tests.testapp")
+def test_e017_a_plain_charfield_subclass_with_an_exact_collation_passes(forget):
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.checks.write_behind import check_write_behind_model
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
+    from tests.testapp.collations import EXACT_COLLATION
+
+    class SubclassKey(WriteBehindModel):
+        code = Upper(primary_key=True, max_length=10, db_collation=EXACT_COLLATION)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget.append(SubclassKey)
+    found = check_write_behind_model(SubclassKey)
+    # The hint ("give the key an exact collation") is already followed; the error stays.
+    assert [m.id for m in found] == []
+
+
+@isolate_apps("tests.testapp")
+def test_e017_postgresql_deterministic_collation_c_passes(forget):
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.checks.write_behind import check_write_behind_model
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
+
+    if _connections["default"].vendor != "postgresql":
+        pytest.skip("PostgreSQL")
+
+    class CKey(WriteBehindModel):
+        code = models.CharField(primary_key=True, max_length=10, db_collation="C")
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget.append(CKey)
+    with _connections["default"].cursor() as cursor:
+        cursor.execute("SELECT collisdeterministic FROM pg_collation WHERE collname = 'C'")
+        assert cursor.fetchone() == (True,)  # exact: compares bytes
+    assert [m.id for m in check_write_behind_model(CKey)] == []
+
+
+@isolate_apps("tests.testapp")
+def test_e017_one_to_one_key_to_a_loose_text_key_is_refused(forget):
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.checks.write_behind import check_write_behind_model
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
+
+    class Target(models.Model):
+        code = models.CharField(primary_key=True, max_length=10, db_collation="NOCASE" if connection.vendor == "sqlite" else None)
+
+        class Meta:
+            app_label = "testapp"
+
+    class Linked(WriteBehindModel):
+        target = models.OneToOneField(Target, primary_key=True, on_delete=models.CASCADE)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget.append(Linked)
+    expected = [] if connection.vendor == "postgresql" else ["cachepatterns.E017"]
+    assert [m.id for m in check_write_behind_model(Linked)] == expected
