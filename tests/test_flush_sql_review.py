@@ -417,3 +417,72 @@ def test_e017_one_to_one_key_to_a_loose_text_key_is_refused(forget):
     forget.append(Linked)
     expected = [] if connection.vendor == "postgresql" else ["cachepatterns.E017"]
     assert [m.id for m in check_write_behind_model(Linked)] == expected
+
+
+@isolate_apps("tests.testapp")
+def test_postgresql_schema_qualified_db_table_is_updated(forget):
+    """Django's documented trick for a table in another schema: db_table '"schema"."table"'."""
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL")
+
+    class InSchema(WriteBehindModel):
+        id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+        n = models.IntegerField(default=0)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+            db_table = '"review_s"."in_schema"'
+
+    forget.append(InSchema)
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SCHEMA IF NOT EXISTS review_s")
+    with connection.schema_editor() as editor:
+        editor.create_model(InSchema)
+    try:
+        row = InSchema(n=1)
+        row.save()
+        assert flush_model(row_cache_for(InSchema), "default").rows == 1
+        row.n = 2
+        row.save()
+        result = flush_model(row_cache_for(InSchema), "default")
+        stored = models.QuerySet(InSchema).get(pk=row.pk).n
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP SCHEMA review_s CASCADE")
+    assert (result.rows, result.failed, stored) == (1, 0, 2)
+
+
+def test_a_sync_save_racing_the_flush_write_wins(monkeypatch):
+    """A save(sync=True) started while the flush holds the row: it waits, then its newer state stays."""
+    row = Reserved(order=1)
+    row.save()
+    flush(Reserved)
+    row.order = 2
+    row.save()  # queued
+    done = threading.Event()
+    original = sql.RowWriter.update
+
+    def sync_save() -> None:
+        try:
+            other = models.QuerySet(Reserved).get(pk=row.pk)
+            other.order = 99
+            other.save(sync=True)
+        finally:
+            connections.close_all()
+            done.set()
+
+    def update(self: Any, objs: Any) -> None:
+        thread = threading.Thread(target=sync_save)
+        thread.start()
+        done.wait(1.0)  # blocked on the row lock (or SQLite's write lock)
+        original(self, objs)
+
+    monkeypatch.setattr(sql.RowWriter, "update", update)
+    result = flush(Reserved)
+    done.wait(30)
+    assert result.failed == 0
+    assert models.QuerySet(Reserved).get(pk=row.pk).order == 99
