@@ -486,3 +486,11 @@ def test_a_sync_save_racing_the_flush_write_wins(monkeypatch):
     done.wait(30)
     assert result.failed == 0
     assert models.QuerySet(Reserved).get(pk=row.pk).order == 99
+
+
+def test_a_30_digit_decimal_the_column_holds_can_be_queued():
+    """Outside sql.py (state._rounded): quantize under the default 28-digit context."""
+    row = Reserved(amount=decimal.Decimal("-12345678901234567890.1234567890"))  # max_digits=30
+    row.save()
+    assert flush(Reserved).rows == 1
+    assert models.QuerySet(Reserved).get(pk=row.pk).amount == decimal.Decimal("-12345678901234567890.1234567890")
