@@ -43,6 +43,7 @@ __all__ = [
     "NotCanonical",
     "canonical",
     "canonical_types",
+    "collation_is_exact",
     "database_identity",
     "fold",
     "text_is_exact",
@@ -135,8 +136,9 @@ def text_is_exact(field: Field[Any, Any], alias: str) -> bool:
     nothing. MySQL/MariaDB's default collations ignore case, accents and trailing
     spaces; their ``_bin`` collations still ignore trailing spaces (PAD SPACE), so
     only ``*_nopad_bin``, ``*_0900_bin`` and ``binary`` count as exact there. On
-    PostgreSQL and SQLite the default collation is exact; an explicit ``db_collation``
-    (which could be nondeterministic or ``NOCASE``) is not trusted.
+    PostgreSQL and SQLite the default collation is exact, and so are PostgreSQL's
+    ``C``, ``POSIX`` and ``ucs_basic``; any other explicit ``db_collation`` (which could
+    be nondeterministic or ``NOCASE``) is not trusted.
     """
     field = value_field(field)
     if _custom(field) or isinstance(field, models.GenericIPAddressField):
@@ -145,13 +147,26 @@ def text_is_exact(field: Field[Any, Any], alias: str) -> bool:
         return False
     if not isinstance(field, _TEXT_FIELDS):
         return True
-    collation = (getattr(field, "db_collation", None) or "").lower()
-    vendor = connections[alias].vendor
+    return collation_is_exact(getattr(field, "db_collation", None), connections[alias].vendor)
+
+
+#: PostgreSQL's built-in collations that compare bytes (deterministic, no locale rules).
+_PG_BYTEWISE = frozenset({"", "c", "posix", "ucs_basic"})
+
+
+def collation_is_exact(collation: str | None, vendor: str) -> bool:
+    """
+    Return whether a text column with ``db_collation=collation`` (None: the database's
+    default) compares byte for byte on a ``vendor`` database, trailing spaces included.
+    """
+    name = (collation or "").lower()
     if vendor == "mysql":
-        return collation == "binary" or collation.endswith(("_nopad_bin", "_0900_bin"))
+        return name == "binary" or name.endswith(("_nopad_bin", "_0900_bin"))
     if vendor == "sqlite":
-        return collation in ("", "binary")
-    return collation == ""
+        return name in ("", "binary")
+    # Any other explicit collation could be nondeterministic (CREATE COLLATION …
+    # deterministic = false); only the bytewise built-ins are known exact.
+    return name in _PG_BYTEWISE
 
 
 def _custom(field: Field[Any, Any]) -> bool:

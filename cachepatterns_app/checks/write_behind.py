@@ -103,17 +103,46 @@ def check_write_behind_model(model: Any) -> list[CheckMessage]:
 
 def _loosely_compared(model: Any, pk: Any) -> list[str]:
     """Return the database (the router's for writes) on which text key ``pk`` is compared loosely."""
-    from django.db import models, router
+    from django.db import connections, router
 
-    from cachepatterns_app.identity import text_is_exact, value_field
+    from cachepatterns_app.identity import collation_is_exact, value_field
 
-    field = value_field(pk)
-    if not isinstance(field, models.CharField | models.TextField | models.GenericIPAddressField):
-        return []  # an integer, a UUID, a project's own non-text field: compared exactly
     # The database the queued writes go to (WriteBehindRowCache.db_for): a collation
     # valid there may not exist on the project's other databases.
     alias = router.db_for_write(model)
-    return [] if text_is_exact(field, alias) else [alias]
+    field = value_field(pk)
+    if not _text_column(field, connections[alias]):
+        return []  # an integer, a UUID, a date…: compared exactly
+    # By the column's collation, whatever the field's class: a project's own text field
+    # under a loose collation splits rows too, and one with an exact collation does not.
+    return (
+        [] if collation_is_exact(getattr(field, "db_collation", None), connections[alias].vendor) else [alias]
+    )
+
+
+_TEXT_TYPES = (
+    "char",
+    "varchar",
+    "text",
+    "tinytext",
+    "mediumtext",
+    "longtext",
+    "character",
+    "nchar",
+    "nvarchar",
+    "citext",
+    "clob",
+)
+
+
+def _text_column(field: Any, connection: Any) -> bool:
+    """Whether ``field``'s column holds text (by its SQL type, so a project's own field counts)."""
+    from django.db import models
+
+    if isinstance(field, models.CharField | models.TextField):
+        return True
+    db_type = (field.db_type(connection) or "").lower()
+    return db_type.split("(")[0].strip().split(" ")[0] in _TEXT_TYPES
 
 
 def check_write_behind_redis(*, app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

@@ -151,7 +151,12 @@ def _rounded(field: Any, value: Any, vendor: str) -> decimal.Decimal:
         rounded = as_float.quantize(places, context=field.context)
     else:
         # MySQL/MariaDB and PostgreSQL round exact numbers half away from zero.
-        rounded = number.quantize(places, rounding=decimal.ROUND_HALF_UP)
+        # Under enough precision for the column: the default context's 28 digits would
+        # refuse a DecimalField(max_digits=30) value the database holds.
+        digits = max(28, (field.max_digits or 0) + 2, len(number.as_tuple().digits) + 2)
+        rounded = number.quantize(
+            places, rounding=decimal.ROUND_HALF_UP, context=decimal.Context(prec=digits)
+        )
     if field.max_digits is not None and len(rounded.as_tuple().digits) > field.max_digits:
         raise ValueError(f"more than {field.max_digits} digits")
     return rounded
