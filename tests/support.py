@@ -109,6 +109,27 @@ def family_keys(family: str, using: str = "default") -> FamilyKeys:
     return _keys.family_keys(database_identity(using), family)
 
 
+def flush_until_drained(cache: Any, using: str = "default") -> list[Any]:
+    """
+    Flush ``cache``'s write-behind queue until it is empty, with a short RECLAIM_IDLE:
+    entries a fault left pending (delivered, never acknowledged) are reclaimed once they
+    have been idle that long. Return each flush's result; the caller asserts the queue
+    is empty (``wait_until`` gives up after PATIENCE).
+    """
+    from cachepatterns_app.patterns.write_behind.flush import flush_model
+
+    results: list[Any] = []
+    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "RECLAIM_IDLE": 0.2}
+    with cachepatterns(WRITE_BEHIND=wb):
+
+        def drained() -> bool:
+            results.append(flush_model(cache, using))
+            return cache.queue(using).length() == 0
+
+        wait_until(drained)
+    return results
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float = PATIENCE, interval: float = 0.005) -> Any:
     """Poll ``predicate`` until it is truthy (return it) or ``timeout`` passes (return it anyway)."""
     deadline = time.monotonic() + timeout

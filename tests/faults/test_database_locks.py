@@ -23,7 +23,7 @@ from django.db.backends.signals import connection_created
 from cachepatterns_app import flush_write_behind
 from cachepatterns_app.patterns.write_behind.flush import TRANSIENT_ATTEMPTS, flush_model
 from cachepatterns_app.registry import row_cache_for
-from tests.support import MYSQL, PATIENCE, Worker, cachepatterns, wait_until
+from tests.support import MYSQL, PATIENCE, Worker, flush_until_drained, wait_until
 from tests.testapp.models import Counter
 
 pytestmark = [
@@ -94,11 +94,7 @@ def test_a_lock_wait_timeout_during_a_flush_keeps_the_writes_queued(impatient, c
 
     # The entries stay in this consumer's pending list until they have been idle for
     # RECLAIM_IDLE (then any flush reclaims them): a short one, and flush until done.
-    from django.conf import settings
-
-    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "RECLAIM_IDLE": 0.2}
-    with cachepatterns(WRITE_BEHIND=wb):
-        assert wait_until(lambda: flush_model(cache, "default") and cache.queue("default").length() == 0)
+    flush_until_drained(cache)
     assert totals() == {c.pk: 7 for c in counters}
     assert cache.queue("default").length() == 0
     record(lock_wait_errors=len(waits), left_queued=blocked.left, after_release="5 rows at +7")

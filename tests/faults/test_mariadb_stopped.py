@@ -22,7 +22,7 @@ from cachepatterns_app.patterns.write_behind.flush import TRANSIENT_ATTEMPTS, fl
 from cachepatterns_app.patterns.write_behind.queue import Queue
 from cachepatterns_app.registry import row_cache_for
 from tests.mariadb import PrivateMariaDB, available, private_mariadb
-from tests.support import MYSQL, cachepatterns, wait_until
+from tests.support import MYSQL, flush_until_drained
 from tests.testapp.models import Counter
 
 pytestmark = [
@@ -109,15 +109,8 @@ def test_mariadb_stopped_during_a_flush_keeps_the_writes_queued(server, stop, mo
     server.start()
     connection.close()
     assert views() == {c.pk: 0 for c in counters}  # what was committed survived; nothing applied
-    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "RECLAIM_IDLE": 0.2}
-    results = []
-    with cachepatterns(WRITE_BEHIND=wb):
-
-        def flushed() -> bool:
-            results.append(flush_model(cache, "default"))
-            return queue.length() == 0
-
-        assert wait_until(flushed)
+    results = flush_until_drained(cache)
+    assert queue.length() == 0
     assert sum(r.rows for r in results) == 5
     assert sum(r.entries for r in results) == 5
     assert views() == {c.pk: 7 for c in counters}

@@ -15,13 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db import connections, models
 from django.test import override_settings
 
 from cachepatterns_app import flush_write_behind, invalidation, tasks
 from cachepatterns_app.patterns.refresh_ahead import refresh_row, worker
-from cachepatterns_app.patterns.write_behind.flush import flush_model
 from cachepatterns_app.patterns.write_behind.queue import Queue
 from cachepatterns_app.registry import row_cache_for
 from cachepatterns_app.store import get_store
@@ -30,6 +28,7 @@ from tests.support import (
     PrivateRedis,
     breaker_cooled_down,
     cachepatterns,
+    flush_until_drained,
     keys_of,
     private_redis,
     traffic_to,
@@ -113,15 +112,8 @@ def test_redis_paused_between_a_flushs_commit_and_its_acknowledgement(server, mo
     server.client_unpause()
     breaker_cooled_down()
     Counter.objects.incr(counters[4].pk, "views", 1)  # a newer write, queued after the pause
-    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "RECLAIM_IDLE": 0.2}
-    results = []
-    with cachepatterns(WRITE_BEHIND=wb):
-
-        def flushed() -> bool:
-            results.append(flush_model(cache, "default"))
-            return queue.length() == 0
-
-        assert wait_until(flushed)
+    results = flush_until_drained(cache)
+    assert queue.length() == 0
     assert sum(r.stale for r in results) == 5  # one per row: its two entries coalesce
     assert sum(r.rows for r in results) == 1
     assert sum(r.entries for r in results) == 11
