@@ -269,18 +269,18 @@ def _unchanged(field: Field[Any, Any], connection: Any) -> frozenset[type]:
     return frozenset()
 
 
-_writers: dict[tuple[type[Model], str, int], RowWriter] = {}
+_writers: dict[tuple[type[Model], str], tuple[Any, RowWriter]] = {}
 
 
 def writer_for(model: type[Model], using: str, seq_field: str) -> RowWriter:
     """Return the model's writer for ``using``, worked out once per database settings."""
-    # Keyed on the settings entry's identity: a test or a deployment that points the
-    # alias elsewhere (override_settings) gets a writer that looks at that database.
-    key = (model, using, id(connections[using].settings_dict))
-    writer = _writers.get(key)
-    if writer is None:
-        writer = _writers[key] = RowWriter(model, using, seq_field)
-    return writer
+    # Checked against the settings entry itself (kept, not its id(), which a later entry
+    # could reuse): an override that points the alias elsewhere gets a new writer.
+    config = connections[using].settings_dict
+    memo = _writers.get((model, using))
+    if memo is None or memo[0] is not config:
+        memo = _writers[(model, using)] = (config, RowWriter(model, using, seq_field))
+    return memo[1]
 
 
 def locked_tombstones(using: str, label: str, texts: Sequence[str]) -> dict[str, int]:
