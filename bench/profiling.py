@@ -18,7 +18,7 @@ from django.db import models
 __all__ = ["PATHS", "profile"]
 
 CALLS = 20_000
-PATHS = ("hit", "miss", "save", "wt_save", "wb_save", "wb_flush", "page", "get_many")
+PATHS = ("hit", "miss", "save", "wt_save", "wb_save", "wb_flush", "wb_flush_update", "page", "get_many")
 
 
 def _path(name: str) -> tuple[Callable[[], Any], int]:
@@ -64,8 +64,11 @@ def _path(name: str) -> tuple[Callable[[], Any], int]:
     return variant.run, CALLS
 
 
-def _profile_flush() -> cProfile.Profile:
-    """Profile only the flushes of 100-row batches of queued creates (not the queueing)."""
+def _profile_flush(updates: bool) -> cProfile.Profile:
+    """
+    Profile only the flushes of 100-row batches (not the queueing): of queued creates,
+    or, with ``updates``, of a second save of each of those rows once they exist.
+    """
     from bench.write_behind import WriteBehindBench, _row
     from cachepatterns_app.patterns.write_behind.flush import flush_model
 
@@ -73,8 +76,14 @@ def _profile_flush() -> cProfile.Profile:
     bench.drain()
     profiler = cProfile.Profile()
     for b in range(CALLS // 1000):
-        for i in range(100):
-            _row(b * 100 + i + 1).save()
+        rows = [_row(b * 100 + i + 1) for i in range(100)]
+        for row in rows:
+            row.save()
+        if updates:
+            flush_model(bench.cache, "default", consumer="bench")
+            for row in rows:
+                row.post_count += 1
+                row.save()
         profiler.enable()
         flush_model(bench.cache, "default", consumer="bench")
         profiler.disable()
@@ -82,8 +91,8 @@ def _profile_flush() -> cProfile.Profile:
 
 
 def profile(name: str) -> int:
-    if name == "wb_flush":
-        return _report(name, _profile_flush(), CALLS // 10)
+    if name in ("wb_flush", "wb_flush_update"):
+        return _report(name, _profile_flush(updates=name == "wb_flush_update"), CALLS // 10)
     run, calls = _path(name)
     for _ in range(200):
         run()

@@ -181,17 +181,22 @@ class WriteThroughRowCache(RowCache):
         def query() -> models.QuerySet[Any, Any]:
             return models.QuerySet(self.model, using=using).filter(pk=pk)
 
-        version: Any = getattr(instance, field.attname)
+        # From __dict__, not getattr(): Django 6 defers a field assigned an expression
+        # when the backend returns nothing for it (MySQL), and getattr() would load it.
+        version: Any = instance.__dict__.get(field.attname)
         if state.mode == "bump":
             query().update(**{field.attname: F(field.attname) + 1})
             version = None
         elif guard is not None and guard.version is not None:
             version = guard.version
+        elif guard is not None and guard.django_returns and type(instance.__dict__.get(field.attname)) is int:
+            version = instance.__dict__[field.attname]  # what the UPDATE's RETURNING gave Django
         elif guard is not None or hasattr(version, "resolve_expression"):
             version = None  # the database incremented it; only it knows the result
+        if version is not None:
+            setattr(instance, field.attname, version)
         full_save = update_fields is None and not self.codec.deferred(instance)
         if version is not None and full_save and self._memory_is_the_row:
-            setattr(instance, field.attname, version)
             stored = self.stored_form(instance, connection)
             if stored is not None:
                 payload = self.encode(stored)
@@ -409,13 +414,19 @@ class _VersionGuard:
         self.original = original
         self.mysql = mysql
         self.version: int | None = None
+        # Django 6 adds the RETURNING itself for a field assigned an expression, and
+        # assigns what it returns to the instance after this wrapper has run.
+        self.django_returns = False
         self.done = False
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
         if self.done or not sql.startswith("UPDATE") or self.table not in sql:
             return execute(sql, params, many, context)
         self.done = True
-        returning = self.returning is not None and not many and " RETURNING " not in sql.upper()
+        returning = self.returning is not None and not many
+        if returning and " RETURNING " in sql.upper():
+            returning = False
+            self.django_returns = sql.rsplit(" RETURNING ", 1)[-1].find(str(self.returning)) >= 0
         if returning:
             sql = f"{sql} RETURNING {self.returning}"
         try:
@@ -424,6 +435,7 @@ class _VersionGuard:
             self.instance.__dict__[self.attname] = self.original
             raise
         cursor = context["cursor"]
+        self.django_returns = self.django_returns and cursor.rowcount == 1
         if not cursor.rowcount:
             self.instance.__dict__[self.attname] = self.original
         elif self.mysql and "LAST_INSERT_ID" in sql:
