@@ -3,15 +3,18 @@ Time operations fairly: interleaved rounds, setup outside the timed region,
 median and p90 of the per-round samples.
 
 Each round runs every variant of a group once, so drift (a neighbour's test
-run, CPU frequency, the MariaDB buffer pool) affects all variants alike; the
-order rotates every round so no variant always runs right after the same other
-one. The garbage collector is paused while a group is timed (as ``timeit``
+run, CPU frequency, the MariaDB buffer pool) affects all variants alike; each
+round runs them in a new (seeded, so repeatable) random order, so no variant always
+runs right after the same other one. A rotation would not do: it keeps the cyclic
+order, so in a group of three the second variant would always follow the first and
+pay for the caches the first one cooled (or profit from the ones it warmed). The garbage collector is paused while a group is timed (as ``timeit``
 does) and collected every few hundred rounds outside the timed regions.
 """
 
 from __future__ import annotations
 
 import gc
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -86,14 +89,15 @@ def measure(
             _once(variant)
     samples: dict[str, list[int]] = {v.name: [] for v in variants}
     clock = time.perf_counter_ns
-    count = len(variants)
+    order = list(variants)
+    shuffle = random.Random(len(order) * 1_000_003 + rounds).shuffle
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         for index in range(rounds):
-            shift = index % count
-            for variant in (*variants[shift:], *variants[:shift]):
+            shuffle(order)
+            for variant in order:
                 if variant.before is not None:
                     variant.before()
                 run = variant.run

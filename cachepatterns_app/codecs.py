@@ -243,6 +243,11 @@ class RowCodec:
                     ) from e
         return values
 
+    @property
+    def field_encoders(self) -> dict[str, Convert]:
+        """``{attname: encode}``: :meth:`encode_field` for a caller that encodes many."""
+        return self._encode_by_name
+
     def encode_field(self, attname: str, value: Any) -> Any:
         """Return the plain-value form of one field's ``value``."""
         return value if value is None else self._encode_by_name[attname](value)

@@ -322,6 +322,10 @@ class WriteBehindRowCache(RowCache):
     def _accepted(self, reply: list[Any], db: str, instance: Model | None, op: str, **incr: Any) -> int:
         """Turn the queue's reply into a sequence, or fall back / raise as configured."""
         code = int(reply[0])
+        if code > 0:  # the write's sequence (sequences start at 1)
+            stats.record("wb_queued", self.label)
+            self._maybe_trigger(db, int(reply[1]))
+            return code
         policy = self.settings["ON_CACHE_FAILURE"]
         if code == -2:
             raise _missing(self.model)(
@@ -344,10 +348,12 @@ class WriteBehindRowCache(RowCache):
                 f"The {op} of {self.label} was not accepted: {why}. Nothing was queued or written. "
                 "Retry later, flush the queue (cachepatterns_flush), or write with save(sync=True)."
             )
-        seq, length = int(reply[0]), int(reply[1])
-        stats.record("wb_queued", self.label)
-        self._maybe_trigger(db, length)
-        return seq
+        # {0} twice: the row left Redis again between its load and the write. Nothing
+        # was queued, so this must not pass for an accepted write.
+        raise WriteBehindError(
+            f"The {op} of {self.label} was not accepted: the row was evicted from Redis while "
+            "it was being loaded. Nothing was queued or written; retry."
+        )
 
     def _write_sync(self, instance: Model, op: str, db: str, reply: list[Any]) -> None:
         """Redis refused (or is down): write the database, and fence queued older writes."""

@@ -16,6 +16,7 @@ the column's plain value as JSON text (``RowCodec.encode_field``).
 
 from __future__ import annotations
 
+import datetime
 import decimal
 import json
 from collections.abc import Sequence
@@ -54,7 +55,8 @@ class Plan:
 
     def __init__(self, model: type[Model], fields: Sequence[Field[Any, Any]]) -> None:
         self.label = model._meta.label
-        # (field, attname, types stored as they are, may be NULL, max_length)
+        # (field, attname, types stored as they are, may be NULL, max_length, whether a
+        # datetime is stored as it is once it is aware in UTC)
         self.specs = [
             (
                 f,
@@ -62,6 +64,7 @@ class Plan:
                 _ready(f),
                 bool(f.null or f.primary_key),
                 getattr(f, "max_length", None),
+                _utc_ready(f),
             )
             for f in fields
         ]
@@ -77,9 +80,14 @@ def stored_values(
     """
     plan = fields if isinstance(fields, Plan) else Plan(type(instance), fields)
     out: dict[str, Any] = {}
-    for field, attname, ready, nullable, max_length in plan.specs:
+    for field, attname, ready, nullable, max_length, utc_ready in plan.specs:
         value = field.pre_save(instance, adding)
-        if type(value) not in ready:  # else already what the database returns
+        kind = type(value)
+        if kind in ready or value is None:
+            pass  # already what the database returns (NULL: checked below)
+        elif utc_ready and kind is datetime.datetime and value.tzinfo is datetime.UTC:
+            pass  # timezone.now()'s kind: what canonical() would return, as it is
+        else:
             value = _checked(instance, field, value, vendor)
         if value is None and not nullable:
             raise WriteBehindError(
@@ -104,6 +112,17 @@ def _ready(field: Field[Any, Any]) -> frozenset[type]:
         custom = type(value_field(field)).__module__.split(".")[0] != "django"
         types = _ready_types[field] = frozenset() if custom or field.primary_key else canonical_types(field)
     return types
+
+
+def _utc_ready(field: Field[Any, Any]) -> bool:
+    """Whether an aware UTC ``datetime`` is canonical for ``field`` (one of Django's own)."""
+    # canonical() returns such a value unchanged: to_python() keeps a datetime, and
+    # (under USE_TZ) astimezone(UTC) of a UTC datetime is an equal one in the same zone.
+    return (
+        type(field).__module__.split(".")[0] == "django"
+        and isinstance(field, models.DateTimeField)
+        and not field.primary_key
+    )
 
 
 def _checked(instance: Model, field: Field[Any, Any], value: Any, vendor: str) -> Any:
@@ -163,18 +182,23 @@ def _rounded(field: Any, value: Any, vendor: str) -> decimal.Decimal:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# What _dumps does for a str (ensure_ascii=False), called directly.
+_quoted = json.encoder.encode_basestring
 
 
 def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
     """Return ``[attname, json, …]`` hash field pairs for ``values``."""
     out: list[str] = []
-    encode = codec.encode_field
+    encoders = codec.field_encoders
     for attname, value in values.items():
         try:
-            plain = encode(attname, value)
+            plain = value if value is None else encoders[attname](value)
             kind = type(plain)
-            if kind is int:
-                out += (attname, str(plain))  # what the encoder writes, without it
+            # What the JSON encoder writes for these, without its per-call overhead.
+            if kind is str:
+                out += (attname, _quoted(plain))
+            elif kind is int:
+                out += (attname, str(plain))
             elif plain is None:
                 out += (attname, "null")
             else:
