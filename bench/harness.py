@@ -7,8 +7,9 @@ run, CPU frequency, the MariaDB buffer pool) affects all variants alike; each
 round runs them in a new (seeded, so repeatable) random order, so no variant always
 runs right after the same other one. A rotation would not do: it keeps the cyclic
 order, so in a group of three the second variant would always follow the first and
-pay for the caches the first one cooled (or profit from the ones it warmed). The garbage collector is paused while a group is timed (as ``timeit``
-does) and collected every few hundred rounds outside the timed regions.
+pay for the caches the first one cooled (or profit from the ones it warmed).
+The garbage collector is paused while a group is timed (as ``timeit`` does)
+and collected every few hundred rounds outside the timed regions.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import models
@@ -183,7 +183,7 @@ def _rounded(field: Any, value: Any, vendor: str) -> decimal.Decimal:
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # What _dumps does for a str (ensure_ascii=False), called directly.
-_quoted = json.encoder.encode_basestring
+_quoted: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
@@ -192,7 +192,7 @@ def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
     encoders = codec.field_encoders
     for attname, value in values.items():
         try:
-            plain = value if value is None else encoders[attname](value)
+            plain: Any = value if value is None else encoders[attname](value)
             kind = type(plain)
             # What the JSON encoder writes for these, without its per-call overhead.
             if kind is str:
