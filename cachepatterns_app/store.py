@@ -79,6 +79,7 @@ class Store:
         self._client: Any = None
         self._lock = threading.Lock()
         self._shas: dict[str, str] = {}
+        self._direct_memo: tuple[Any, Callable[..., Any] | None] | None = None
         self._reply_skip: bool | None = None
         #: Called with the raw client before any other call once :attr:`armed` is set
         #: (work queued while Redis was down must reach it before a read can).
@@ -143,12 +144,34 @@ class Store:
 
     def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         client = self.client
+        run = self._direct(client) or client.evalsha
         try:
-            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+            return run(self._sha(name), len(keys), *keys, *args)
         except redis_errors.NoScriptError:
             # The server restarted or SCRIPT FLUSH ran: load every script again.
             self._shas.clear()
-            return client.evalsha(self._sha(name), len(keys), *keys, *args)
+            return run(self._sha(name), len(keys), *keys, *args)
+
+    def _direct(self, client: Any) -> Callable[..., Any] | None:
+        """
+        Return an ``EVALSHA`` that talks to a pooled connection of ``client`` itself,
+        or None where only the client's own ``evalsha`` will do.
+
+        A script call is the whole of a write-behind save and of a cached read, and
+        redis-py's ``execute_command`` costs as much again as the round trip's own
+        client work (metrics, debug hooks, argument checks that ``EVALSHA`` never
+        needs; it has no reply callback). This keeps what matters of it: a connection
+        from the client's pool, the connection's retry policy with a disconnect
+        between attempts (a connection the server dropped is replaced once), and the
+        connection's own reconnect request. Only a plain standalone client qualifies:
+        not a cluster, not a single-connection client, not an object standing in for one.
+        """
+        memo = self._direct_memo
+        if memo is not None and memo[0] is client:
+            return memo[1]
+        direct = _direct_evalsha(client) if _is_plain_client(client) else None
+        self._direct_memo = (client, direct)
+        return direct
 
     def script(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
         """Run the Lua script ``lua/<name>.lua`` and return its reply."""
@@ -299,6 +322,50 @@ class Store:
             raise
         finally:
             pool.release(connection)
+
+
+def _is_plain_client(client: Any) -> bool:
+    import redis
+
+    return (
+        isinstance(client, redis.Redis)
+        and type(client).execute_command is redis.Redis.execute_command
+        and getattr(client, "connection", None) is None
+        and "EVALSHA" not in getattr(client, "response_callbacks", {})
+        and callable(getattr(getattr(client, "connection_pool", None), "get_connection", None))
+    )
+
+
+def _direct_evalsha(client: Any) -> Callable[..., Any]:
+    import inspect
+
+    pool = client.connection_pool
+    # redis-py 5.0-5.2 require the command name; later versions deprecate passing it.
+    parameters = inspect.signature(pool.get_connection).parameters
+    needs_name = (
+        "command_name" in parameters and parameters["command_name"].default is inspect.Parameter.empty
+    )
+    name_args: tuple[str, ...] = ("EVALSHA",) if needs_name else ()
+
+    def evalsha(*args: Any) -> Any:
+        conn = pool.get_connection(*name_args)
+        try:
+
+            def attempt() -> Any:
+                conn.send_command("EVALSHA", *args)
+                return conn.read_response()
+
+            return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        finally:
+            try:
+                reconnect = getattr(conn, "should_reconnect", None)
+                if reconnect is not None and reconnect():
+                    conn.disconnect()
+                    conn.connect()
+            finally:
+                pool.release(conn)
+
+    return evalsha
 
 
 def _django_redis_client(alias: str) -> Any:

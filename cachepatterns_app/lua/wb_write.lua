@@ -27,32 +27,36 @@ if ARGV[2] == 'merge' then
 end
 -- The sequence starts at the server clock in microseconds, never at 1: if Redis
 -- loses it, new writes still order after every write the database already holds.
-if redis.call('INCR', KEYS[3]) == 1 then
+local n = redis.call('INCR', KEYS[3])
+if n == 1 then
   local now = redis.call('TIME')
   redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
-  redis.call('INCR', KEYS[3])
+  n = redis.call('INCR', KEYS[3])
 end
--- As text: a Lua number this large would be formatted with an exponent.
-local seq = redis.call('GET', KEYS[3])
+-- As text. Below 2^53 the Lua number is exact and '%d' prints every digit (tostring
+-- would use an exponent); beyond it only the server's own text is.
+local seq
+if n < 9007199254740992 then
+  seq = string.format('%d', n)
+else
+  seq = redis.call('GET', KEYS[3])
+end
 -- A fill of the clean row read before this write must not land.
 redis.call('DEL', KEYS[4])
 local flag = 'd'
 if ARGV[2] == 'delete' then
   flag = 'x'
 end
-local fields = {'~s', seq, '~f', flag, '~v', ARGV[3]}
-for i = 4, #ARGV do
-  fields[#fields + 1] = ARGV[i]
-end
+-- The columns go from ARGV straight into each command (unpack), not through a table.
 local id
 if ARGV[2] == 'merge' then
-  redis.call('HSET', KEYS[1], unpack(fields))
+  redis.call('HSET', KEYS[1], '~s', seq, '~f', flag, '~v', ARGV[3], unpack(ARGV, 4))
   redis.call('PERSIST', KEYS[1])
   id = redis.call('XADD', KEYS[2], '*', unpack(redis.call('HGETALL', KEYS[1])))
 else
   -- The whole row: the new hash holds exactly these fields (and, new, no TTL).
   redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], unpack(fields))
-  id = redis.call('XADD', KEYS[2], '*', unpack(fields))
+  redis.call('HSET', KEYS[1], '~s', seq, '~f', flag, '~v', ARGV[3], unpack(ARGV, 4))
+  id = redis.call('XADD', KEYS[2], '*', '~s', seq, '~f', flag, '~v', ARGV[3], unpack(ARGV, 4))
 end
 return {seq, length + 1, id}

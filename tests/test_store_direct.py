@@ -1,0 +1,144 @@
+"""
+Script calls on a plain standalone client go to a pooled connection directly (not
+through redis-py's ``execute_command``): they must keep what that gave them, proven
+against the real Redis: the pool gets its connection back, a connection that fails
+is retried on a new one, a flushed script cache is reloaded, and clients that need
+redis-py's own path (a single-connection client, a cluster) still get it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis as redis_py
+
+from cachepatterns_app import store as store_module
+from cachepatterns_app.patterns.write_behind.rows import WriteBehindRowCache
+from cachepatterns_app.registry import row_cache_for
+from tests.testapp.models import Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def evalsha_calls(redis: Any) -> int:
+    return int(redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def in_use(client: Any) -> int:
+    pool = client.connection_pool
+    return len(getattr(pool, "_in_use_connections", ()))
+
+
+@pytest.fixture
+def direct(redis: Any) -> Any:
+    store = store_module.get_store("default")
+    if store._direct(store.client) is None:
+        pytest.skip("the test cache's client is not a plain standalone redis-py client")
+    return store
+
+
+def test_a_save_is_one_script_call_and_gives_its_connection_back(direct, redis):
+    cache: WriteBehindRowCache = row_cache_for(Counter)  # type: ignore[assignment]
+    before, queued = evalsha_calls(redis), cache.queue("default").length()
+    for i in range(20):
+        Counter(name=f"c{i}").save()
+    assert evalsha_calls(redis) - before == 20
+    assert cache.queue("default").length() - queued == 20
+    assert in_use(direct.client) == 0
+
+
+def client_like(redis: Any, retries: int) -> Any:
+    """A plain client of the test Redis whose connections retry ``retries`` times."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    pool = redis.connection_pool
+    # The same server, by TCP or (embedded Redis) by its Unix socket.
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), retries)}
+    return redis_py.Redis(
+        connection_pool=redis_py.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    )
+
+
+def drop_first_send(monkeypatch: Any, client: Any) -> list[str]:
+    """Make the first EVALSHA send fail as a connection the server dropped does."""
+    conn = client.connection_pool.get_connection()
+    client.connection_pool.release(conn)
+    original = type(conn).send_command
+    failures: list[str] = []
+
+    def drop_once(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if args and args[0] == "EVALSHA" and not failures:
+            failures.append(args[0])
+            self.disconnect()
+            raise redis_py.ConnectionError("connection reset by peer (injected)")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(conn), "send_command", drop_once)
+    return failures
+
+
+@pytest.mark.skipif(not store_module._is_plain_client(redis_py.Redis()), reason="not a plain redis-py client")
+def test_a_failed_attempt_is_retried_on_a_new_connection_as_the_retry_policy_says(redis, monkeypatch):
+    client = client_like(redis, retries=1)
+    sha = client.script_load("return redis.call('INCR', KEYS[1])")
+    key = "cp-test:direct:retried"
+    redis.delete(key)
+    failures = drop_first_send(monkeypatch, client)
+    before = evalsha_calls(redis)
+    try:
+        assert store_module._direct_evalsha(client)(sha, 1, key) == 1
+        assert failures == ["EVALSHA"], "the injected failure ran"
+        assert evalsha_calls(redis) - before == 1, "the script ran once: on the retry"
+        assert in_use(client) == 0
+    finally:
+        redis.delete(key)
+        client.close()
+
+
+def test_without_retries_a_failed_call_raises_and_trips_nothing_else(direct, redis, monkeypatch):
+    """The django-redis default (no retries): the save falls back as configured, the pool is whole."""
+    failures = drop_first_send(monkeypatch, direct.client)
+    before = evalsha_calls(redis)
+    counter = Counter(name="fell back")
+    counter.save()  # ON_CACHE_FAILURE = "sync": written to the database directly
+    assert failures == ["EVALSHA"]
+    assert evalsha_calls(redis) == before, "nothing reached the server"
+    assert in_use(direct.client) == 0
+    from django.db import models
+
+    assert models.QuerySet(Counter).get(pk=counter.pk).name == "fell back"
+
+
+def test_a_flushed_script_cache_is_reloaded(direct, redis):
+    Counter(name="before").save()
+    redis.script_flush()
+    counter = Counter(name="after")
+    counter.save()
+    assert Counter.objects.get(pk=counter.pk).name == "after"
+
+
+def test_an_error_reply_leaves_the_connection_usable(direct, redis):
+    with pytest.raises(redis_py.ResponseError):
+        direct._direct(direct.client)(direct._sha("wb_write"), 1, "only-one-key")
+    assert in_use(direct.client) == 0
+    counter = Counter(name="still fine")
+    counter.save()
+    assert Counter.objects.get(pk=counter.pk).name == "still fine"
+
+
+def test_clients_that_need_redis_py_own_path_get_it(direct, redis):
+    single = redis_py.Redis(connection_pool=redis.connection_pool, single_connection_client=True)
+
+    class Wrapped(redis_py.Redis):
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            return super().execute_command(*args, **options)
+
+    try:
+        assert store_module._is_plain_client(redis)
+        assert not store_module._is_plain_client(single)
+        assert not store_module._is_plain_client(Wrapped(connection_pool=redis.connection_pool))
+        assert not store_module._is_plain_client(object())
+    finally:
+        single.close()
