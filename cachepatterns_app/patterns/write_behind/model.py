@@ -31,13 +31,22 @@ __all__ = ["WriteBehindModel", "apply_fences", "fence_later", "record_tombstones
 logger = logging.getLogger(__name__)
 
 
+_lookup: tuple[type, Any] | None = None
+
+
 def cache_of(model: type[Model]) -> Any:
     """Return the write-behind row cache of ``model`` (None if it has no WriteBehindManager)."""
-    from cachepatterns_app.patterns.write_behind.rows import WriteBehindRowCache
-    from cachepatterns_app.registry import row_cache_for
+    global _lookup
+    if _lookup is None:
+        # Imported on first use, not with the module: models import this module, and
+        # the row cache imports what imports models. Kept: this runs on every save.
+        from cachepatterns_app.patterns.write_behind.rows import WriteBehindRowCache
+        from cachepatterns_app.registry import row_cache_for
 
+        _lookup = (WriteBehindRowCache, row_cache_for)
+    kind, row_cache_for = _lookup
     cache = row_cache_for(model)
-    return cache if isinstance(cache, WriteBehindRowCache) else None
+    return cache if isinstance(cache, kind) else None
 
 
 class WriteBehindModel(models.Model):
