@@ -79,8 +79,7 @@ def drop_first_send(monkeypatch: Any, client: Any) -> list[str]:
     return failures
 
 
-@pytest.mark.skipif(not store_module._is_plain_client(redis_py.Redis()), reason="not a plain redis-py client")
-def test_a_failed_attempt_is_retried_on_a_new_connection_as_the_retry_policy_says(redis, monkeypatch):
+def test_a_failed_attempt_is_retried_on_a_new_connection_as_the_retry_policy_says(direct, redis, monkeypatch):
     client = client_like(redis, retries=1)
     sha = client.script_load("return redis.call('INCR', KEYS[1])")
     key = "cp-test:direct:retried"

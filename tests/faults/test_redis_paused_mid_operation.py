@@ -85,12 +85,12 @@ def test_redis_paused_between_a_flushs_commit_and_its_acknowledgement(server, mo
     acknowledge = Queue.acknowledge
     at_pause: list[dict[Any, int]] = []
 
-    def paused_first(self: Queue, ids: Any) -> None:
+    def paused_first(self: Queue, ids: Any, then: Any = ()) -> None:
         if not at_pause:
             # Committed: what the database holds now is what the flush wrote.
             at_pause.append(views())
             server.client_pause("WRITE")
-        acknowledge(self, ids)
+        acknowledge(self, ids, then)
 
     monkeypatch.setattr(Queue, "acknowledge", paused_first)
     with caplog.at_level(logging.WARNING, "cachepatterns_app"):

@@ -346,9 +346,7 @@ def _after_commit(
         ("SCRIPT", "wb_fence", (keys.row(pk).value, keys.row(pk).lease), (str(seq),)) for pk, seq in stale
     ]
     try:
-        queue.acknowledge(ids)
-        if commands:
-            queue.store.pipeline(commands)
+        queue.acknowledge(ids, then=commands)  # one round trip
     except CacheUnavailable as e:
         # Committed but not acknowledged: the entries are delivered again and skipped
         # as stale then. Nothing is lost; the row stays dirty until that flush.
@@ -410,10 +408,10 @@ def _poison(
 
 def _warn_if_behind(cache: WriteBehindRowCache, queue: Queue, threshold: float) -> None:
     try:
-        age = queue.oldest_age()
+        age, length = queue.backlog()
         # The admin page's chart of the queue depth gets a point per flush, not
         # only per look at the page.
-        stats.gauge("wb_pending", cache.label, float(queue.length()))
+        stats.gauge("wb_pending", cache.label, float(length))
     except CacheUnavailable:
         return
     if age is not None and age > threshold:

@@ -161,16 +161,19 @@ class Queue:
 
     # -- after the commit ---------------------------------------------------------------
 
-    def acknowledge(self, ids: Sequence[str]) -> None:
-        """Acknowledge and delete ``ids``: the database holds them (or something newer)."""
+    def acknowledge(self, ids: Sequence[str], then: Sequence[tuple[Any, ...]] = ()) -> None:
+        """
+        Acknowledge and delete ``ids``: the database holds them (or something newer);
+        then run the commands ``then`` (``Store.pipeline`` form), in the same round trip.
+        """
+        commands: list[tuple[Any, ...]] = []
         if ids:
-            self.store.pipeline(
-                [
-                    ("XACK", self.keys.stream, self.keys.GROUP, *ids),
-                    ("XDEL", self.keys.stream, *ids),
-                    ("HDEL", self.keys.errors, *ids),
-                ]
-            )
+            commands += [
+                ("XACK", self.keys.stream, self.keys.GROUP, *ids),
+                ("XDEL", self.keys.stream, *ids),
+                ("HDEL", self.keys.errors, *ids),
+            ]
+        self.store.pipeline([*commands, *then])
 
     def record_failure(self, entry: Entry, error: str) -> None:
         self.store.execute("HSET", self.keys.errors, entry.id, f"{entry.deliveries}|{error[:500]}")
@@ -207,12 +210,15 @@ class Queue:
 
     def oldest_age(self) -> float | None:
         """Return the age in seconds of the oldest write not flushed (None: none waiting)."""
-        first = self.store.call("xrange", self.keys.stream, "-", "+", count=1)
-        if not first:
-            return None
-        millis = int(_text(first[0][0]).split("-")[0])
-        now_s, now_us = self.store.execute("TIME")
-        return max(0.0, int(now_s) + int(now_us) / 1e6 - millis / 1000)
+        return self.backlog()[0]
+
+    def backlog(self) -> tuple[float | None, int]:
+        """Return (age in seconds of the oldest waiting write or None, waiting writes), in one round trip."""
+        oldest, now_s, now_us, length = self.store.script("wb_backlog", (self.keys.stream,))
+        if not oldest:
+            return None, int(length or 0)
+        millis = int(_text(oldest).split("-")[0])
+        return max(0.0, int(now_s) + int(now_us) / 1e6 - millis / 1000), int(length or 0)
 
     def pending_summary(self) -> tuple[int, int]:
         """Return (entries delivered and not acknowledged, consumers holding some)."""
