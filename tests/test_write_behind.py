@@ -365,6 +365,23 @@ def test_the_reclaim_task_with_redis_down_warns_and_returns_zero(caplog):
     assert [r.levelno for r in caplog.records if r.name == "cachepatterns_app.tasks"] == [logging.WARNING]
 
 
+def test_a_direct_flush_with_redis_down_raises_instead_of_claiming_consistency():
+    """
+    ``flush_write_behind()`` and ``objects.flushed()`` promise that SQL sees every queued
+    write. With Redis unreachable the queue cannot be read, so they raise (the beat task,
+    which nobody waits on, warns instead: the test above).
+    """
+    from cachepatterns_app.exceptions import CacheUnavailable
+
+    with private_redis() as server, _caches(server), _limited("sync"):
+        Counter(name="queued").save()
+        server.stop()
+        with pytest.raises(CacheUnavailable):
+            flush_write_behind(Counter)
+        with pytest.raises(CacheUnavailable):
+            list(Counter.objects.flushed().all())
+
+
 def test_a_direct_write_during_an_outage_wins_over_older_queued_writes():
     # Queued before the outage, not flushed; the same row saved (synchronously) during
     # it; Redis comes back: the flush fences the row first, so the old write is skipped.
