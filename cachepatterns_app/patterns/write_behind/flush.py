@@ -156,9 +156,7 @@ def _apply_entries(cache: WriteBehindRowCache, using: str, queue: Queue, entries
 
 
 def _json(entry: Entry, attname: str) -> Any:
-    import json
-
-    return json.loads(entry.state[attname])
+    return row_state.loads(entry.state[attname])
 
 
 def _apply_rows(

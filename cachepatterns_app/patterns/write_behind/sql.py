@@ -137,6 +137,9 @@ class RowWriter:
         lock = connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
         out: dict[Any, int] = {}
         to_python = self.pk.to_python
+        # A key the database returns as the text it was sent (the common case) maps back
+        # to the caller's own key; anything else goes through the field's to_python.
+        sent = {str(param): pk for param, pk in zip(params, pks, strict=True)}
         for start in range(0, len(params), MAX_ROWS):
             chunk = params[start : start + MAX_ROWS]
             sql = (
@@ -146,7 +149,9 @@ class RowWriter:
             )
             with connection.cursor() as cursor:
                 cursor.execute(sql, chunk)
-                out.update((to_python(pk), int(seq or 0)) for pk, seq in cursor.fetchall())
+                for pk, seq in cursor.fetchall():
+                    mine = sent.get(pk) if type(pk) is str else None
+                    out[to_python(pk) if mine is None else mine] = int(seq or 0)
         return out
 
     def _batches(self, objs: Sequence[Model]) -> list[Sequence[Model]]:

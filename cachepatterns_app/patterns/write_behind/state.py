@@ -217,7 +217,7 @@ def as_mapping(flat: Sequence[Any]) -> dict[str, str]:
 _loads_json = json.JSONDecoder().decode
 
 
-def _loads(text: str) -> Any:
+def loads(text: str) -> Any:
     """``json.loads`` for one field's text, with the flush's common shapes parsed directly."""
     # What encode_fields writes for NULL, plain integers and strings without escapes;
     # anything else (and anything malformed) goes through the JSON parser.
@@ -241,7 +241,7 @@ def decode_state(codec: RowCodec, state: dict[str, str], db: str) -> Model:
     if state.get(FINGERPRINT) != codec.fingerprint:
         raise SerializationError(f"Write-behind state of {codec.label} has another layout; discarded.")
     try:
-        values = [codec.fingerprint, *(_loads(state[name]) for name in codec.attnames)]
+        values = [codec.fingerprint, *(loads(state[name]) for name in codec.attnames)]
     except (KeyError, ValueError) as e:
         raise SerializationError(
             f"Write-behind state of {codec.label} is incomplete or unreadable: {e}"
