@@ -161,9 +161,10 @@ class Store:
         redis-py's ``execute_command`` costs as much again as the round trip's own
         client work (metrics, debug hooks, argument checks that ``EVALSHA`` never
         needs; it has no reply callback). This keeps what matters of it: a connection
-        from the client's pool, the connection's retry policy with a disconnect
-        between attempts (a connection the server dropped is replaced once), and the
-        connection's own reconnect request. Only a plain standalone client qualifies:
+        from the client's pool (which replaces one the server dropped while it was
+        idle), the connection's retry policy with a disconnect between attempts
+        (django-redis's default makes no second attempt), and the connection's own
+        reconnect request. Only a plain standalone client qualifies:
         not a cluster, not a single-connection client, not an object standing in for one.
         """
         memo = self._direct_memo
