@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from django.db import DatabaseError
 
 from cachepatterns_app import invalidation
 from cachepatterns_app.celery import connect_signals
@@ -71,12 +72,18 @@ def reclaim_pending() -> int:
     written before Redis became unavailable, if it did).
     """
     from cachepatterns_app.patterns.write_behind.flush import flush_model
+    from cachepatterns_app.patterns.write_behind.model import prune_tombstones
     from cachepatterns_app.patterns.write_behind.operations import caches
 
     written = 0
     for cache in caches():
         try:
             written += flush_model(cache, cache.db_for(), max_batches=0).rows
+            # Tombstones of flushed deletes would otherwise accumulate forever.
+            try:
+                prune_tombstones(cache, cache.db_for())
+            except DatabaseError as e:
+                logger.warning("Could not prune the write-behind tombstones of %s: %s", cache.label, e)
         except CacheUnavailable as e:
             # As for flush_write_behind: the pending entries stay pending for the next run.
             logger.warning(

@@ -278,6 +278,67 @@ def test_a_write_after_a_flushed_delete_creates_the_row_again():
     assert in_db(Counter, key).name == "two"
 
 
+def tombstones_of(model: type[models.Model]) -> dict[str, int]:
+    return dict(
+        models.QuerySet(WriteBehindTombstone).filter(label=cache(model).label).values_list("pk_text", "seq")
+    )
+
+
+def test_a_tombstone_stays_while_an_older_write_is_queued_and_is_pruned_after_its_flush():
+    from cachepatterns_app.patterns.write_behind.model import prune_tombstones
+
+    counter = Counter(name="start")
+    counter.save(sync=True)
+    counter.name = "queued before the delete"
+    counter.save()
+    Counter.objects.filter(pk=counter.pk).delete()  # direct: a tombstone above the queued write
+    assert list(tombstones_of(Counter)) == [str(counter.pk)]
+    assert prune_tombstones(cache(Counter), "default") == 0, "the queued write still needs it"
+    assert list(tombstones_of(Counter)) == [str(counter.pk)]
+    flush_write_behind(Counter)  # the older write is skipped against the tombstone
+    assert in_db(Counter, counter.pk) is None
+    assert prune_tombstones(cache(Counter), "default") == 1
+    assert tombstones_of(Counter) == {}
+    flush_write_behind(Counter)
+    assert in_db(Counter, counter.pk) is None
+    with pytest.raises(Counter.DoesNotExist):
+        Counter.objects.get(pk=counter.pk)
+
+
+def test_tombstones_below_the_oldest_queued_write_are_pruned_and_newer_ones_kept():
+    from cachepatterns_app.patterns.write_behind.model import prune_tombstones
+
+    gone = Counter(name="gone")
+    gone.save()
+    gone.delete()
+    flush_write_behind(Counter)  # the flushed delete leaves a tombstone
+    (old_seq,) = tombstones_of(Counter).values()
+    waiting = Counter(name="still queued")
+    waiting.save()  # newer than the tombstone, not flushed
+    later = Counter(name="deleted later")
+    later.save(sync=True)
+    Counter.objects.filter(pk=later.pk).delete()  # a tombstone above the queued write
+    assert prune_tombstones(cache(Counter), "default") == 1
+    left = tombstones_of(Counter)
+    assert list(left) == [str(later.pk)]
+    assert left[str(later.pk)] > old_seq
+
+
+def test_the_reclaim_task_prunes_what_no_queued_write_needs():
+    from cachepatterns_app import tasks
+
+    for i in range(3):
+        row = Counter(name=f"deleted {i}")
+        row.save()
+        row.delete()
+    flush_write_behind(Counter)
+    assert len(tombstones_of(Counter)) == 3
+    assert stream_length(Counter) == 0
+    task = tasks.reclaim_pending.apply()
+    assert task.successful(), task.traceback
+    assert tombstones_of(Counter) == {}
+
+
 # -- back-pressure and a Redis that cannot queue --------------------------------------------
 
 

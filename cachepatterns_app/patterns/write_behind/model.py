@@ -26,7 +26,14 @@ from django.db.models import Model
 
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
 
-__all__ = ["WriteBehindModel", "apply_fences", "fence_later", "record_tombstones", "sync_write"]
+__all__ = [
+    "WriteBehindModel",
+    "apply_fences",
+    "fence_later",
+    "prune_tombstones",
+    "record_tombstones",
+    "sync_write",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +139,28 @@ def record_tombstones(cache: Any, using: str, pks: Iterable[Any], seq: int) -> N
         )
     else:
         query.bulk_create(rows, update_conflicts=True, update_fields=["seq"])
+
+
+def prune_tombstones(cache: Any, using: str) -> int:
+    """
+    Delete the tombstones of ``cache``'s model in database ``using`` that no queued
+    write can still need; return how many. A tombstone stops a write queued *before*
+    its delete from bringing the row back; once every such write has been flushed (the
+    lowest sequence still queued is above the tombstone's), it guards nothing.
+    """
+    from cachepatterns_app.models import WriteBehindTombstone
+
+    floor = cache.queue(using).low_water()
+    if floor is None:
+        return 0
+    deleted, _ = (
+        models.QuerySet(WriteBehindTombstone, using=using).filter(label=cache.label, seq__lt=floor).delete()
+    )
+    if deleted:
+        logger.info(
+            "Pruned %d write-behind tombstone(s) of %s below sequence %d", deleted, cache.label, floor
+        )
+    return int(deleted)
 
 
 def _pk_text(cache: Any, pk: Any) -> str:

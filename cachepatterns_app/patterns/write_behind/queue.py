@@ -208,6 +208,14 @@ class Queue:
     def length(self) -> int:
         return int(self.store.execute("XLEN", self.keys.stream) or 0)
 
+    def low_water(self) -> int | None:
+        """
+        Return the lowest sequence a still-queued write can carry (None: unknown). Dead
+        letters do not count: a replay queues them again as new writes.
+        """
+        found = self.store.script("wb_low_water", (self.keys.stream, self.keys.seq))
+        return int(found) if found else None
+
     def oldest_age(self) -> float | None:
         """Return the age in seconds of the oldest write not flushed (None: none waiting)."""
         return self.backlog()[0]
