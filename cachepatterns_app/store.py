@@ -163,8 +163,9 @@ class Store:
         needs; it has no reply callback). This keeps what matters of it: a connection
         from the client's pool (which replaces one the server dropped while it was
         idle), the connection's retry policy with a disconnect between attempts
-        (django-redis's default makes no second attempt), and the connection's own
-        reconnect request. Only a plain standalone client qualifies:
+        (django-redis's default makes no second attempt; a policy that retries
+        timeouts re-runs a script that may have run, as redis-py's own path does), and
+        the connection's own reconnect request. Only a plain standalone client qualifies:
         not a cluster, not a single-connection client, not an object standing in for one.
         """
         memo = self._direct_memo
@@ -329,12 +330,28 @@ def _is_plain_client(client: Any) -> bool:
     import redis
 
     return (
-        isinstance(client, redis.Redis)
+        # What this path keeps of execute_command was checked against redis-py 8 (whose
+        # execute_command retries as the connection's retry policy says); redis-py 5
+        # also filters by retry_on_error, so older versions keep their own path.
+        _REDIS_MAJOR >= 8
+        and isinstance(client, redis.Redis)
         and type(client).execute_command is redis.Redis.execute_command
         and getattr(client, "connection", None) is None
         and "EVALSHA" not in getattr(client, "response_callbacks", {})
         and callable(getattr(getattr(client, "connection_pool", None), "get_connection", None))
     )
+
+
+def _redis_major() -> int:
+    import redis
+
+    try:
+        return int(str(redis.__version__).split(".")[0])
+    except ValueError:
+        return 0
+
+
+_REDIS_MAJOR = _redis_major()
 
 
 def _direct_evalsha(client: Any) -> Callable[..., Any]:

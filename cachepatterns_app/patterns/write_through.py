@@ -426,7 +426,9 @@ class _VersionGuard:
         returning = self.returning is not None and not many
         if returning and " RETURNING " in sql.upper():
             returning = False
-            self.django_returns = sql.rsplit(" RETURNING ", 1)[-1].find(str(self.returning)) >= 0
+            column = str(self.returning)
+            returned = [item.strip() for item in sql.rsplit(" RETURNING ", 1)[-1].split(",")]
+            self.django_returns = any(item == column or item.endswith(f".{column}") for item in returned)
         if returning:
             sql = f"{sql} RETURNING {self.returning}"
         try:

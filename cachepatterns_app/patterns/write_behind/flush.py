@@ -348,7 +348,12 @@ def _after_commit(
     except CacheUnavailable as e:
         # Committed but not acknowledged: the entries are delivered again and skipped
         # as stale then. Nothing is lost; the row stays dirty until that flush.
-        logger.warning("Write-behind flush of %s committed but could not acknowledge: %s", cache.label, e)
+        logger.warning(
+            "Write-behind flush of %s committed but could not acknowledge the entries or mark "
+            "the rows clean: %s",
+            cache.label,
+            e,
+        )
         return
     result.rows += len(applied)
     result.stale += len(stale)

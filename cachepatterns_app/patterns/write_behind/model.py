@@ -148,14 +148,28 @@ def prune_tombstones(cache: Any, using: str) -> int:
     its delete from bringing the row back; once every such write has been flushed (the
     lowest sequence still queued is above the tombstone's), it guards nothing.
     """
+    from django.db import connections, transaction
+
     from cachepatterns_app.models import WriteBehindTombstone
 
     floor = cache.queue(using).low_water()
     if floor is None:
         return 0
-    deleted, _ = (
-        models.QuerySet(WriteBehindTombstone, using=using).filter(label=cache.label, seq__lt=floor).delete()
+    connection = connections[using]
+    meta = WriteBehindTombstone._meta
+    quote = connection.ops.quote_name
+    field: Any = meta.get_field
+    # One statement, not QuerySet.delete(): with any delete signal receiver connected
+    # that collects the ids first and deletes by id, and a tombstone updated in place
+    # meanwhile by a newer delete of its row (same id, higher seq) would go with them.
+    # A single DELETE has the database check seq against the row's latest version.
+    sql = (
+        f"DELETE FROM {quote(meta.db_table)} WHERE {quote(field('label').column)} = %s "  # noqa: S608
+        f"AND {quote(field('seq').column)} < %s"
     )
+    with transaction.atomic(using=using), connection.cursor() as cursor:
+        cursor.execute(sql, [cache.label, floor])
+        deleted = max(0, int(cursor.rowcount or 0))
     if deleted:
         logger.info(
             "Pruned %d write-behind tombstone(s) of %s below sequence %d", deleted, cache.label, floor
