@@ -347,5 +347,12 @@ class WriteBehindKeys:
 
 def write_behind_keys(label: str, db: str) -> WriteBehindKeys:
     """Return the write-behind keys of model ``label`` in database ``db``."""
-    base = _tagged(f"wb:{db}:{label}")
+    return _write_behind_keys(label, db, get_settings().key_prefix)
+
+
+@lru_cache(maxsize=1024)
+def _write_behind_keys(label: str, db: str, prefix: str) -> WriteBehindKeys:
+    # Pure in its arguments (the prefix is one of them), and asked on every queued
+    # save: six key names built once per model, database and prefix.
+    base = f"{prefix}:{{wb:{db}:{label}}}"
     return WriteBehindKeys(base, base + ":q", base + ":seq", base + ":dlq", base + ":t", base + ":e")

@@ -189,8 +189,8 @@ class WriteThroughRowCache(RowCache):
             version = None
         elif guard is not None and guard.version is not None:
             version = guard.version
-        elif guard is not None and guard.django_returns and type(instance.__dict__.get(field.attname)) is int:
-            version = instance.__dict__[field.attname]  # what the UPDATE's RETURNING gave Django
+        elif guard is not None and guard.django_returns and type(version) is int:
+            pass  # what the UPDATE's RETURNING gave Django, which assigned it
         elif guard is not None or hasattr(version, "resolve_expression"):
             version = None  # the database incremented it; only it knows the result
         if version is not None:

@@ -169,12 +169,12 @@ def prune_tombstones(cache: Any, using: str) -> int:
     )
     with transaction.atomic(using=using), connection.cursor() as cursor:
         cursor.execute(sql, [cache.label, floor])
-        deleted = max(0, int(cursor.rowcount or 0))
+        deleted = max(0, cursor.rowcount or 0)
     if deleted:
         logger.info(
             "Pruned %d write-behind tombstone(s) of %s below sequence %d", deleted, cache.label, floor
         )
-    return int(deleted)
+    return deleted
 
 
 def _pk_text(cache: Any, pk: Any) -> str:

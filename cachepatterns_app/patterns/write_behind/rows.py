@@ -67,18 +67,11 @@ class WriteBehindRowCache(RowCache):
         super().__init__(model, ttl=ttl)
         self.sync_creates = sync_creates
         self._sequences: dict[str, int] = {}
-        self._keys_memo: tuple[str, str, WriteBehindKeys] | None = None
 
     # -- keys and the queue -----------------------------------------------------------
 
     def wb_keys(self, using: str) -> WriteBehindKeys:
-        identity = database_identity(using)
-        prefix = get_settings().key_prefix
-        memo = self._keys_memo
-        if memo is None or memo[0] != identity or memo[1] != prefix:
-            # Per save otherwise: six key names built for the same database.
-            memo = self._keys_memo = (identity, prefix, write_behind_keys(self.label, identity))
-        return memo[2]
+        return write_behind_keys(self.label, database_identity(using))
 
     def queue(self, using: str) -> Queue:
         return Queue(self._store(), self.wb_keys(using))
