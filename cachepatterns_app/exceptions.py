@@ -25,15 +25,22 @@ class ConfigurationError(CachePatternsError):
 
 
 class CacheUnavailable(CachePatternsError):
-    """Redis could not be reached (or the circuit breaker is open)."""
+    """
+    Redis could not be reached (or the circuit breaker is open).
 
-    def __init__(self, message: str = "") -> None:
+    ``unsent`` is True only when the command is known not to have reached Redis (the
+    breaker refused it, or no connection could be made); otherwise it may have run (a
+    timeout or a dropped connection after it was sent).
+    """
+
+    def __init__(self, message: str = "", *, unsent: bool = False) -> None:
         super().__init__(
             message
             or "Redis is unreachable. Reads fall back to the database while "
             "CACHEPATTERNS['DEGRADE_ON_FAILURE'] is True; check the cache's LOCATION "
             "and that the server is up."
         )
+        self.unsent = unsent
 
 
 class SerializationError(CachePatternsError):

@@ -344,6 +344,10 @@ class WriteBehindKeys:
         part = str(pk) if type(pk) is int else key_part(pk, "pk")
         return RowKeys(f"{self.base}:r:{part}", f"{self.base}:l:{part}", f"{self.base}:r:{part}")
 
+    def increment(self, increment_id: int) -> str:
+        """Return the mark that the recorded increment ``increment_id`` was added in Redis."""
+        return f"{self.base}:i:{int(increment_id)}"
+
 
 def write_behind_keys(label: str, db: str) -> WriteBehindKeys:
     """Return the write-behind keys of model ``label`` in database ``db``."""

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 from django.db import models
 
-__all__ = ["PendingInvalidation", "Stats", "WriteBehindFence", "WriteBehindModel", "WriteBehindTombstone"]
+__all__ = [
+    "PendingInvalidation",
+    "Stats",
+    "WriteBehindFence",
+    "WriteBehindIncrement",
+    "WriteBehindModel",
+    "WriteBehindTombstone",
+]
 
 
 class Stats(models.Model):
@@ -84,6 +91,28 @@ class WriteBehindFence(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label}:{self.pk_text} on {self.db_alias}"
+
+
+class WriteBehindIncrement(models.Model):
+    """
+    An ``incr()`` accepted while Redis was unreachable, waiting to be added to the row
+    in Redis (and so flushed) once Redis is back (see write_behind.model).
+    """
+
+    label = models.CharField(max_length=255)
+    db_alias = models.CharField(max_length=100)
+    pk_text = models.CharField(max_length=255)
+    field = models.CharField(max_length=255)
+    amount = models.BigIntegerField()
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        default_permissions = ("view",)
+        verbose_name = "write-behind increment"
+        indexes = [models.Index(fields=["label", "db_alias", "pk_text"], name="cp_wb_increment_row")]
+
+    def __str__(self) -> str:
+        return f"{self.label}:{self.pk_text}.{self.field} += {self.amount} on {self.db_alias}"
 
 
 from cachepatterns_app.patterns.write_behind.model import WriteBehindModel  # noqa: E402

@@ -109,7 +109,8 @@ class Store:
         if breaker.state != "closed" and not breaker.allow():
             raise CacheUnavailable(
                 f"Redis for cache {self.alias!r} is marked down (circuit breaker open); "
-                "retrying after the cooldown."
+                "retrying after the cooldown.",
+                unsent=True,
             )
         try:
             if self.armed:
@@ -117,7 +118,9 @@ class Store:
             result = operation()
         except _CONNECTION_ERRORS as e:
             breaker.failure(e)
-            raise CacheUnavailable(f"Redis for cache {self.alias!r} is unreachable: {e}") from e
+            raise CacheUnavailable(
+                f"Redis for cache {self.alias!r} is unreachable: {e}", unsent=_unsent(e)
+            ) from e
         except redis_errors.RedisError as e:
             # The server answered, so it is up: an error reply does not trip the breaker.
             breaker.success()
@@ -185,7 +188,9 @@ class Store:
             result = self._evalsha(name, keys, args)
         except _CONNECTION_ERRORS as e:
             breaker.failure(e)
-            raise CacheUnavailable(f"Redis for cache {self.alias!r} is unreachable: {e}") from e
+            raise CacheUnavailable(
+                f"Redis for cache {self.alias!r} is unreachable: {e}", unsent=_unsent(e)
+            ) from e
         except redis_errors.RedisError as e:
             raise CacheUnavailable(f"Redis for cache {self.alias!r} refused a command: {e}") from e
         breaker.success()
@@ -366,14 +371,30 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
     name_args: tuple[str, ...] = ("EVALSHA",) if needs_name else ()
 
     def evalsha(*args: Any) -> Any:
-        conn = pool.get_connection(*name_args)
+        try:
+            # The pool connects a new connection (and reconnects a stale one) here.
+            conn = pool.get_connection(*name_args)
+        except _CONNECTION_ERRORS as e:
+            e.cachepatterns_unsent = True  # type: ignore[attr-defined]
+            raise
+        sent = False
         try:
 
             def attempt() -> Any:
+                nonlocal sent
+                # Connected first, apart: a failure to connect means the script did not
+                # run, which a caller may act on (an increment written around Redis);
+                # a failure once it is sent leaves that unknown.
+                conn.connect()
+                sent = True
                 conn.send_command("EVALSHA", *args)
                 return conn.read_response()
 
             return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        except _CONNECTION_ERRORS as e:
+            if not sent:
+                e.cachepatterns_unsent = True  # type: ignore[attr-defined]
+            raise
         finally:
             try:
                 reconnect = getattr(conn, "should_reconnect", None)
@@ -384,6 +405,11 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
                 pool.release(conn)
 
     return evalsha
+
+
+def _unsent(error: BaseException) -> bool:
+    """Whether ``error`` is known to have come before the command reached Redis."""
+    return bool(getattr(error, "cachepatterns_unsent", False))
 
 
 def _django_redis_client(alias: str) -> Any:

@@ -1,9 +1,14 @@
 -- Add to an integer column of a write-behind row in Redis and queue the new state.
--- KEYS[1] row state, KEYS[2] queue, KEYS[3] sequence, KEYS[4] row lease.
+-- KEYS[1] row state, KEYS[2] queue, KEYS[3] sequence, KEYS[4] row lease; KEYS[5],
+-- optional, the mark of an increment recorded in the database while Redis was down
+-- (ARGV[5] its lifetime in ms): added once, however often its replay runs.
 -- ARGV[1] max pending, ARGV[2] fingerprint, ARGV[3] column, ARGV[4] amount.
 -- Returns {seq, queue length, entry id, new value}; {-1, length} over the limit;
 -- {0} the row is not in Redis (load it first); {-2} deleted; {-3, error} the column
--- does not hold an integer (NULL, or not an integer column).
+-- does not hold an integer (NULL, or not an integer column); {-4} already added.
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+  return {-4}
+end
 local length = redis.call('XLEN', KEYS[2])
 if length >= tonumber(ARGV[1]) then
   return {-1, length}
@@ -32,4 +37,7 @@ redis.call('DEL', KEYS[4])
 redis.call('HSET', KEYS[1], '~s', seq, '~f', 'd')
 redis.call('PERSIST', KEYS[1])
 local id = redis.call('XADD', KEYS[2], '*', unpack(redis.call('HGETALL', KEYS[1])))
+if KEYS[5] then
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[5])
+end
 return {seq, length + 1, id, value}

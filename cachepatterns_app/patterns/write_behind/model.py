@@ -13,6 +13,14 @@ anyway (``ON_CACHE_FAILURE = "sync"``) and recorded as a *fence* in the database
 the next flush of the model, which cannot run before Redis is back, first draws a
 sequence for each fenced row and stamps it on the row (or its tombstone), so the
 writes queued before the outage are skipped and the direct write stands.
+
+An ``incr()`` is different: it adds to whatever the row holds, including increments
+Redis has queued and the column lacks. Written to the column directly it would be
+overwritten by the flush of those (which writes the row's state), and fenced it would
+drop them. So, with Redis unreachable, it is *recorded* in the database
+(``WriteBehindIncrement``), and the next flush, after applying the fences, adds each
+recorded increment to the row in Redis, which queues it like any increment. A mark in
+Redis, set by the same script, makes that happen once however often it is replayed.
 """
 
 from __future__ import annotations
@@ -21,16 +29,18 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from django.db import DatabaseError, models, router
-from django.db.models import Model
+from django.db import DatabaseError, connections, models, router, transaction
+from django.db.models import Model, Sum
 
-from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
+from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError, WriteBehindError
 
 __all__ = [
     "WriteBehindModel",
     "apply_fences",
+    "apply_increments",
     "fence_later",
     "prune_tombstones",
+    "record_increment",
     "record_tombstones",
     "sync_write",
 ]
@@ -131,8 +141,6 @@ def record_tombstones(cache: Any, using: str, pks: Iterable[Any], seq: int) -> N
     if not rows:
         return
     query: Any = models.QuerySet(WriteBehindTombstone, using=using)
-    from django.db import connections
-
     if connections[using].features.supports_update_conflicts_with_target:
         query.bulk_create(
             rows, update_conflicts=True, unique_fields=["label", "pk_text"], update_fields=["seq"]
@@ -148,8 +156,6 @@ def prune_tombstones(cache: Any, using: str) -> int:
     its delete from bringing the row back; once every such write has been flushed (the
     lowest sequence still queued is above the tombstone's), it guards nothing.
     """
-    from django.db import connections, transaction
-
     from cachepatterns_app.models import WriteBehindTombstone
 
     floor = cache.queue(using).low_water()
@@ -198,10 +204,115 @@ def fence_later(cache: Any, using: str, pks: Iterable[Any]) -> None:
         logger.error("Could not record write-behind fences for %s: %s", cache.label, e)
 
 
+#: How long the mark of a replayed increment lives: far longer than the moment between
+#: its replay and the deletion of its record, which a crash could stretch to the next flush.
+INCREMENT_MARK_MS = 7 * 24 * 3600 * 1000
+
+
+def repairs_pending(cache: Any, using: str) -> tuple[bool, bool]:
+    """
+    Return whether writes made around Redis during an outage wait for ``cache``'s model
+    in ``using``: (fences, increments). One query where both tables share a database
+    (every flush asks, and nearly always the answer is no).
+    """
+    from cachepatterns_app.models import WriteBehindFence, WriteBehindIncrement
+
+    where = router.db_for_write(WriteBehindFence)
+    connection = connections[where]
+    if router.db_for_write(WriteBehindIncrement) != where or connection.vendor not in (
+        "mysql",
+        "postgresql",
+        "sqlite",
+    ):
+        found = [
+            models.QuerySet(m, using=router.db_for_write(m)).filter(label=cache.label, db_alias=using)
+            for m in (WriteBehindFence, WriteBehindIncrement)
+        ]
+        return found[0].exists(), found[1].exists()
+    quote = connection.ops.quote_name
+    tests = []
+    for model in (WriteBehindFence, WriteBehindIncrement):
+        meta: Any = model._meta
+        label, alias = (quote(meta.get_field(name).column) for name in ("label", "db_alias"))
+        # Only quoted identifiers are interpolated; the values are parameters.
+        table = quote(meta.db_table)
+        tests.append(f"EXISTS(SELECT 1 FROM {table} WHERE {label} = %s AND {alias} = %s)")  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(tests)}", [cache.label, using] * 2)
+        fences, increments = cursor.fetchone()
+    return bool(fences), bool(increments)
+
+
+def record_increment(cache: Any, db: str, pk: Any, field: Any, amount: int) -> int:
+    """
+    Record ``incr(pk, field, amount)`` for the next flush (Redis is unreachable); return
+    the count as the database knows it: the column plus the increments recorded so far.
+    Raises ``WriteBehindError`` (recording nothing) if the database has no such row.
+    """
+    from cachepatterns_app.models import WriteBehindIncrement
+
+    found = models.QuerySet(cache.model, using=db).filter(pk=pk).values_list(field.attname).first()
+    if found is None or found[0] is None:
+        why = "the database has no such row" if found is None else "the column is NULL"
+        raise WriteBehindError(
+            f"{cache.label}.incr({pk!r}, {field.attname!r}) was not accepted: Redis is unavailable "
+            f"and {why} (a row created write-behind may be only in Redis). Nothing was recorded."
+        )
+    where = router.db_for_write(WriteBehindIncrement)
+    text = _pk_text(cache, pk)
+    recorded: Any = models.QuerySet(WriteBehindIncrement, using=where)
+    with transaction.atomic(using=where):
+        recorded.create(label=cache.label, db_alias=db, pk_text=text, field=field.attname, amount=amount)
+        pending = recorded.filter(
+            label=cache.label, db_alias=db, pk_text=text, field=field.attname
+        ).aggregate(total=Sum("amount"))["total"]
+    return int(found[0]) + int(pending or 0)
+
+
+def apply_increments(cache: Any, using: str) -> int:
+    """
+    Add the increments recorded while Redis was down to their rows in Redis (queued
+    like any increment), each once; return how many were added. Runs after
+    :func:`apply_fences`: a fence drops what Redis queued before it, and an increment
+    added before that would go with it.
+    """
+    from cachepatterns_app.models import WriteBehindIncrement
+
+    where = router.db_for_write(WriteBehindIncrement)
+    recorded: Any = models.QuerySet(WriteBehindIncrement, using=where)
+    # No lock: two flushes replaying the same record add it once (the script checks and
+    # sets its mark atomically), and both delete it.
+    rows = list(recorded.filter(label=cache.label, db_alias=using).order_by("id")[:1000])
+    keys = cache.wb_keys(using)
+    added, done = 0, []
+    for row in rows:
+        pk = cache.canonical_pk(cache.pk_field.to_python(row.pk_text))
+        outcome = cache.replay_increment(
+            using, pk, row.field, row.amount, (keys.increment(row.id), INCREMENT_MARK_MS)
+        )
+        if outcome == "wait":
+            break  # MAX_PENDING: the queue is full; the next flush goes on
+        if outcome == "dropped":
+            logger.error(
+                "Write-behind increment of %s pk=%r %s by %d, recorded while Redis was down, "
+                "was dropped: the row is deleted or the column holds no integer",
+                cache.label,
+                pk,
+                row.field,
+                row.amount,
+            )
+        added += outcome == "added"
+        done.append(row.id)
+    if done:
+        recorded.filter(id__in=done).delete()
+        logger.warning(
+            "Added %d write-behind increment(s) of %s recorded while Redis was down", added, cache.label
+        )
+    return added
+
+
 def apply_fences(cache: Any, using: str) -> int:
     """Stamp a fresh sequence on every row fenced while Redis was down; return how many."""
-    from django.db import transaction
-
     from cachepatterns_app.models import WriteBehindFence
     from cachepatterns_app.patterns.write_behind.rows import flushing
 

@@ -288,15 +288,8 @@ class WriteBehindRowCache(RowCache):
             raise WriteBehindError(f"{self.label}.incr(): the amount must be an int, not {amount!r}.")
         db = self.db_for(None, using)
         pk = self.canonical_pk(pk)
-        keys = self.wb_keys(db)
-        row = keys.row(pk)
-        script_keys = (row.value, keys.stream, keys.seq, row.lease)
-        args = (self._max_pending(), self.codec.fingerprint, field.attname, amount)
         try:
-            reply = self._store().script("wb_incr", script_keys, args)
-            if reply[0] == 0:
-                self._load_row(db, pk)
-                reply = self._store().script("wb_incr", script_keys, args)
+            reply = self._incr_in_redis(db, pk, field.attname, amount)
         except CacheUnavailable as e:
             return self._incr_without_redis(db, pk, field, amount, e)
         if reply[0] == -3:
@@ -306,6 +299,23 @@ class WriteBehindRowCache(RowCache):
             )
         self._accepted(reply, db, None, "incr", pk=pk, field=field, amount=amount)
         return int(reply[3])
+
+    def _incr_in_redis(
+        self, db: str, pk: Any, attname: str, amount: int, mark: tuple[str, int] | None = None
+    ) -> list[Any]:
+        """Run ``wb_incr`` (loading the row first if Redis lacks it); ``mark``: (key, ms) of a replay."""
+        keys = self.wb_keys(db)
+        row = keys.row(pk)
+        script_keys: tuple[str, ...] = (row.value, keys.stream, keys.seq, row.lease)
+        args: tuple[Any, ...] = (self._max_pending(), self.codec.fingerprint, attname, amount)
+        if mark is not None:
+            script_keys += (mark[0],)
+            args += (mark[1],)
+        reply: list[Any] = self._store().script("wb_incr", script_keys, args)
+        if reply[0] == 0:
+            self._load_row(db, pk)
+            reply = self._store().script("wb_incr", script_keys, args)
+        return reply
 
     def _write(self, db: str, pk: Any, mode: str, encoded: Sequence[str]) -> list[Any]:
         keys = self.wb_keys(db)
@@ -362,22 +372,63 @@ class WriteBehindRowCache(RowCache):
         sync_write(instance, op, db, fenced=reply[0] != -9)
 
     def _incr_without_redis(self, db: str, pk: Any, field: Any, amount: int, error: CacheUnavailable) -> int:
+        """
+        Redis did not take the increment: with ``ON_CACHE_FAILURE="sync"``, record it in
+        the database, to be added to the row in Redis (and so flushed) when Redis is back.
+
+        Not added to the column directly: Redis may hold queued increments of the row that
+        the column lacks, and the flush writes the row's state, so a direct ``F() + n``
+        would be overwritten (or, fenced, would drop those queued increments). And only
+        when the script is known not to have run: after a timeout it may have, and
+        recording it too would count it twice.
+        """
         if self.settings["ON_CACHE_FAILURE"] != "sync":
             raise WriteBehindError(
                 f"{self.label}.incr() was not accepted: Redis is unavailable ({error}). Nothing was "
                 "queued or written."
             ) from error
-        from django.db.models import F
+        if not error.unsent:
+            raise WriteBehindError(
+                f"{self.label}.incr({pk!r}, {field.attname!r}, {amount}): Redis did not answer ({error}), "
+                "so whether it added the amount is unknown; if it did, the flush writes it. It "
+                "was not recorded in the database, where it would count twice. Retry only if a "
+                "duplicate increment is acceptable."
+            ) from error
+        from cachepatterns_app.patterns.write_behind.model import record_increment
 
+        total = record_increment(self, db, pk, field, amount)
         stats.record("wb_sync_fallback", self.label)
-        logger.warning("Write-behind incr of %s written synchronously: %s", self.label, error)
-        models.QuerySet(self.model, using=db).filter(pk=pk).update(
-            **{field.attname: F(field.attname) + amount}
+        logger.warning(
+            "Write-behind incr of %s pk=%r recorded in the database (Redis is unavailable: %s); "
+            "it is added to the row when Redis is back",
+            self.label,
+            pk,
+            error,
         )
-        from cachepatterns_app.patterns.write_behind.model import fence_later
+        return total
 
-        fence_later(self, db, [pk])
-        return int(models.QuerySet(self.model, using=db).values_list(field.attname, flat=True).get(pk=pk))
+    def replay_increment(self, db: str, pk: Any, attname: str, amount: int, mark: tuple[str, int]) -> str:
+        """
+        Add an increment recorded while Redis was down to the row in Redis, once; return
+        "added", "done" (added before: the mark says so), "dropped" (the row is gone, or its
+        column holds no integer) or "wait" (the queue is full).
+        """
+        try:
+            reply = self._incr_in_redis(db, pk, attname, amount, mark)
+        except _missing(self.model):
+            return "dropped"
+        code = int(reply[0])
+        if code > 0:
+            stats.record("wb_queued", self.label)
+            self._maybe_trigger(db, int(reply[1]))
+            return "added"
+        if code == -4:
+            return "done"
+        if code == -1:
+            return "wait"
+        if code == 0:
+            raise CacheUnavailable(f"{self.label} pk={pk!r} left Redis while it was being loaded; retried")
+        return "dropped"  # -2 deleted by a queued write, -3 not an integer
 
     def _load_row(self, db: str, pk: Any) -> None:
         """Put the database's row into Redis (clean), so a partial write can merge into it."""

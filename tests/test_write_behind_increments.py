@@ -1,0 +1,194 @@
+"""
+``incr()`` while Redis is unreachable (issue 10, ``ON_CACHE_FAILURE="sync"``).
+
+An increment adds to whatever the row holds, including increments Redis has queued and
+the column lacks. So it is not written to the column around Redis (the flush of the
+queued state would overwrite it, and a fence would drop the queued increments); it is
+recorded in the database and added to the row in Redis by the next flush, once. When
+Redis may have run it (a timeout after it was sent), it is not recorded at all: that
+would count it twice. Real Redis (the suite's, or a private one that is paused), real
+database.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import models
+from django.test import override_settings
+
+from cachepatterns_app import flush_write_behind
+from cachepatterns_app.exceptions import CacheUnavailable, WriteBehindError
+from cachepatterns_app.models import WriteBehindFence, WriteBehindIncrement
+from cachepatterns_app.patterns.write_behind.model import apply_increments
+from cachepatterns_app.registry import row_cache_for
+from cachepatterns_app.store import get_store
+from tests.support import cachepatterns, private_redis
+from tests.testapp.models import Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def column(pk: Any, name: str = "views") -> Any:
+    return models.QuerySet(Counter).values_list(name, flat=True).get(pk=pk)
+
+
+def recorded() -> list[tuple[str, str, int]]:
+    return list(models.QuerySet(WriteBehindIncrement).values_list("pk_text", "field", "amount").order_by("id"))
+
+
+class open_breaker:
+    """Hold this process's circuit breaker open: every Redis call is refused unsent."""
+
+    def __enter__(self) -> None:
+        breaker = get_store().breaker
+        breaker.cooldown = 3600.0
+        for _ in range(breaker.threshold):
+            breaker.failure(ConnectionError("held open by the test"))
+        assert breaker.state == "open"
+
+    def __exit__(self, *exc: object) -> None:
+        get_store().breaker.success()
+
+
+def flushed_counter(views: int = 0) -> Counter:
+    counter = Counter(name="counted", views=views)
+    counter.save()
+    flush_write_behind(Counter)
+    assert column(counter.pk) == views
+    return counter
+
+
+def test_an_increment_refused_by_redis_is_recorded_then_added_once_with_the_queued_ones():
+    counter = flushed_counter()
+    for _ in range(3):
+        Counter.objects.incr(counter.pk, "views", 1)  # queued: Redis 3, the column 0
+    with open_breaker():
+        # What the database knows: the column (0) and what was recorded (5).
+        assert Counter.objects.incr(counter.pk, "views", 5) == 5
+        assert column(counter.pk) == 0, "not written around the queue"
+        assert recorded() == [(str(counter.pk), "views", 5)]
+        assert not WriteBehindFence.objects.exists(), "a fence would drop the three queued increments"
+    flush_write_behind(Counter)
+    assert column(counter.pk) == 8
+    assert Counter.objects.get(pk=counter.pk).views == 8
+    assert recorded() == []
+
+
+def test_an_increment_of_a_clean_row_reaches_redis_and_the_database():
+    counter = flushed_counter(views=2)
+    assert Counter.objects.get(pk=counter.pk).views == 2  # in Redis now, clean
+    with open_breaker():
+        assert Counter.objects.incr(counter.pk, "views", 1) == 3
+        assert Counter.objects.incr(counter.pk, "likes", 2) == 2
+    flush_write_behind(Counter)
+    assert (column(counter.pk), column(counter.pk, "likes")) == (3, 2)
+    got = Counter.objects.get(pk=counter.pk)
+    assert (got.views, got.likes) == (3, 2)
+
+
+def test_a_save_fenced_during_the_outage_and_an_increment_both_stand():
+    # The fence drops what Redis queued before the direct save; the increment, recorded
+    # after it, is added afterwards, to the row as the save left it.
+    counter = flushed_counter(views=1)
+    counter.views = 4
+    counter.save()  # queued
+    with open_breaker():
+        counter.name = "saved during the outage"
+        counter.views = 10
+        counter.save()  # written directly, fenced
+        assert Counter.objects.incr(counter.pk, "views", 1) == 11
+    flush_write_behind(Counter)
+    assert (column(counter.pk, "name"), column(counter.pk)) == ("saved during the outage", 11)
+
+
+def test_a_replayed_increment_is_added_once():
+    counter = flushed_counter()
+    with open_breaker():
+        Counter.objects.incr(counter.pk, "views", 7)
+    [row] = models.QuerySet(WriteBehindIncrement).all()
+    cache = row_cache_for(Counter)
+    assert apply_increments(cache, "default") == 1
+    # A crash between the replay and the deletion of the record: it is there again.
+    row.save(force_insert=True)
+    assert apply_increments(cache, "default") == 0
+    assert recorded() == []
+    flush_write_behind(Counter)
+    assert column(counter.pk) == 7
+
+
+def test_an_increment_of_a_row_the_database_lacks_is_refused_and_recorded_nowhere():
+    queued = Counter(name="only in Redis")
+    queued.save()
+    with open_breaker(), pytest.raises(WriteBehindError, match="no such row.*Nothing was recorded"):
+        Counter.objects.incr(queued.pk, "views", 1)
+    assert recorded() == []
+
+
+def test_with_raise_an_increment_refused_by_redis_raises_and_records_nothing():
+    from django.conf import settings
+
+    counter = flushed_counter()
+    wb = {**settings.CACHEPATTERNS.get("WRITE_BEHIND", {}), "ON_CACHE_FAILURE": "raise"}
+    with cachepatterns(WRITE_BEHIND=wb), open_breaker(), pytest.raises(WriteBehindError, match="Nothing"):
+        Counter.objects.incr(counter.pk, "views", 1)
+    assert recorded() == []
+    assert column(counter.pk) == 0
+
+
+def _wait_for(predicate: Any, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30.0  # generous: only a broken server takes this long
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_an_increment_whose_reply_was_lost_is_not_recorded_and_counts_once():
+    # A paused Redis has the script in its socket buffer and runs it when it resumes:
+    # the caller cannot know whether it ran, so nothing may be recorded besides it.
+    with private_redis() as server, override_settings(CACHES=server.caches(socket_timeout=0.5)):
+        counter = flushed_counter()
+        Counter.objects.incr(counter.pk, "views", 1)
+        queue = row_cache_for(Counter).queue("default")
+        assert queue.length() == 1
+        server.pause()
+        try:
+            with pytest.raises(WriteBehindError, match="whether it added the amount is unknown"):
+                Counter.objects.incr(counter.pk, "views", 4)
+        finally:
+            server.resume()
+        get_store().breaker.success()
+        _wait_for(lambda: queue.length() == 2, "the resumed server to run the increment")
+        assert recorded() == []
+        flush_write_behind(Counter)
+        assert column(counter.pk) == 5
+
+
+def test_unsent_says_only_what_is_known_not_to_have_reached_redis():
+    store = get_store()
+    with open_breaker(), pytest.raises(CacheUnavailable) as refused:
+        store.script("wb_seq", (row_cache_for(Counter).wb_keys("default").seq,), ())
+    assert refused.value.unsent
+    with private_redis() as server, override_settings(CACHES=server.caches(socket_timeout=0.5)):
+        paused = get_store()
+        key = row_cache_for(Counter).wb_keys("default").seq
+        paused.script("wb_seq", (key,), ())  # a connection in the pool, then a hung server
+        server.pause()
+        try:
+            with pytest.raises(CacheUnavailable) as timed_out:
+                paused.script("wb_seq", (key,), ())
+        finally:
+            server.resume()
+        assert not timed_out.value.unsent
+        paused.breaker.success()
+        direct = paused._direct(paused.client) is not None
+        server.stop()
+        with pytest.raises(CacheUnavailable) as refused_connection:
+            paused.script("wb_seq", (key,), ())
+        # A connection that cannot be made is known unsent on the direct script path;
+        # through redis-py's own (a cluster, redis-py < 8) only the breaker's refusal is.
+        assert refused_connection.value.unsent is direct
