@@ -104,7 +104,7 @@ def create_database() -> None:
 def create_tables() -> None:
     """Drop and create the bench tables, so every run starts from the same rows."""
     from bench.models import BENCH_MODELS
-    from cachepatterns_app.models import WriteBehindFence, WriteBehindTombstone
+    from cachepatterns_app.models import WriteBehindFence, WriteBehindIncrement, WriteBehindTombstone
 
     existing = set(connection.introspection.table_names())
     with connection.schema_editor() as editor:
@@ -114,7 +114,7 @@ def create_tables() -> None:
         for model in BENCH_MODELS:
             editor.create_model(model)
         # The app's own tables that write-behind uses (the bench does not migrate).
-        for model in (WriteBehindTombstone, WriteBehindFence):
+        for model in (WriteBehindTombstone, WriteBehindFence, WriteBehindIncrement):
             if model._meta.db_table in existing:
                 editor.delete_model(model)
             editor.create_model(model)

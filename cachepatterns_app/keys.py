@@ -344,9 +344,14 @@ class WriteBehindKeys:
         part = str(pk) if type(pk) is int else key_part(pk, "pk")
         return RowKeys(f"{self.base}:r:{part}", f"{self.base}:l:{part}", f"{self.base}:r:{part}")
 
-    def increment(self, increment_id: int) -> str:
-        """Return the mark that the recorded increment ``increment_id`` was added in Redis."""
-        return f"{self.base}:i:{int(increment_id)}"
+    def increment(self, token: str) -> str:
+        """Return the mark that the recorded increment ``token`` was added in Redis."""
+        return f"{self.base}:i:{token}"
+
+    @property
+    def repairs(self) -> str:
+        """Held by the one flush that applies what was written around Redis in an outage."""
+        return f"{self.base}:fix"
 
 
 def write_behind_keys(label: str, db: str) -> WriteBehindKeys:

@@ -12,6 +12,8 @@ so that an older write delivered again cannot bring a deleted row back.
 
 from __future__ import annotations
 
+import uuid
+
 from django.db import models
 
 __all__ = [
@@ -93,6 +95,11 @@ class WriteBehindFence(models.Model):
         return f"{self.label}:{self.pk_text} on {self.db_alias}"
 
 
+def new_increment_token() -> str:
+    """The random name of a recorded increment's mark in Redis (ids can be reused; this is not)."""
+    return uuid.uuid4().hex
+
+
 class WriteBehindIncrement(models.Model):
     """
     An ``incr()`` accepted while Redis was unreachable, waiting to be added to the row
@@ -104,6 +111,7 @@ class WriteBehindIncrement(models.Model):
     pk_text = models.CharField(max_length=255)
     field = models.CharField(max_length=255)
     amount = models.BigIntegerField()
+    token = models.CharField(max_length=32, default=new_increment_token, editable=False)
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

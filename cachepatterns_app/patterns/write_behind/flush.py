@@ -48,13 +48,7 @@ from cachepatterns_app.changes import UPDATE, RowChange
 from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
 from cachepatterns_app.leases import ttl_ms
 from cachepatterns_app.patterns.write_behind import state as row_state
-from cachepatterns_app.patterns.write_behind.model import (
-    _pk_text,
-    apply_fences,
-    apply_increments,
-    record_tombstones,
-    repairs_pending,
-)
+from cachepatterns_app.patterns.write_behind.model import _pk_text, apply_repairs, record_tombstones
 from cachepatterns_app.patterns.write_behind.queue import Entry, Queue, consumer_name
 from cachepatterns_app.patterns.write_behind.rows import SEQ_FIELD, WriteBehindRowCache, flushing
 from cachepatterns_app.patterns.write_behind.sql import locked_tombstones, writer_for
@@ -114,13 +108,9 @@ def flush_model(
     batch_size = int(settings["BATCH_SIZE"])
     total = FlushResult()
     queue.ensure_group()
-    # What was written around Redis while it was unreachable, first: fences (direct
-    # writes the older queued ones must not overwrite), then recorded increments.
-    fences, increments = repairs_pending(cache, using)
-    if fences:
-        apply_fences(cache, using)
-    if increments:
-        apply_increments(cache, using)
+    # What was written around Redis while it was unreachable, first (fences, then
+    # recorded increments): nothing queued may be flushed before.
+    apply_repairs(cache, using)
     # What this worker was handed and never finished, what dead workers held, and
     # writes whose retry backoff is over; then everything new.
     if drain:

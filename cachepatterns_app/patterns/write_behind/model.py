@@ -25,7 +25,9 @@ Redis, set by the same script, makes that happen once however often it is replay
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = [
     "WriteBehindModel",
     "apply_fences",
     "apply_increments",
+    "apply_repairs",
     "fence_later",
     "prune_tombstones",
     "record_increment",
@@ -204,9 +207,14 @@ def fence_later(cache: Any, using: str, pks: Iterable[Any]) -> None:
         logger.error("Could not record write-behind fences for %s: %s", cache.label, e)
 
 
-#: How long the mark of a replayed increment lives: far longer than the moment between
-#: its replay and the deletion of its record, which a crash could stretch to the next flush.
+#: How long the mark of a replayed increment lives if its deletion is missed (a crash
+#: between the replay and the deletion of its record): far longer than until the next flush.
 INCREMENT_MARK_MS = 7 * 24 * 3600 * 1000
+#: How long the flush applying the outage's writes holds the model's repair lock before
+#: it lapses (a flush that died); extended after every batch.
+REPAIR_LOCK_MS = 60_000
+#: Records taken per round trip to the database.
+REPAIR_BATCH = 1000
 
 
 def repairs_pending(cache: Any, using: str) -> tuple[bool, bool]:
@@ -269,27 +277,74 @@ def record_increment(cache: Any, db: str, pk: Any, field: Any, amount: int) -> i
     return int(found[0]) + int(pending or 0)
 
 
+def apply_repairs(cache: Any, using: str) -> None:
+    """
+    Apply what was written around Redis during an outage for ``cache``'s model in
+    ``using``, before any queued write of it is flushed: first every fence (a direct write
+    that the writes queued before it must not overwrite), then the recorded increments
+    (added on top of what the fences left). One flush at a time: applying a fence twice
+    would draw a second, newer sequence and make the increments replayed in between stale.
+    """
+    fences, increments = repairs_pending(cache, using)
+    if not (fences or increments):
+        return
+    from cachepatterns_app.store import new_token
+
+    store = cache._store()
+    lock, token = cache.wb_keys(using).repairs, new_token()
+    waited = time.monotonic()
+    while not store.execute("SET", lock, token, "NX", "PX", REPAIR_LOCK_MS):
+        # Another flush is applying them; this one flushes nothing of the model before.
+        if time.monotonic() - waited > 2 * REPAIR_LOCK_MS / 1000:
+            raise WriteBehindError(
+                f"Write-behind flush of {cache.label}: another flush has held the outage repairs for "
+                f"{2 * REPAIR_LOCK_MS // 1000} s; nothing was flushed, the next flush tries again."
+            )
+        time.sleep(0.01)
+    try:
+        while apply_fences(cache, using) == REPAIR_BATCH:
+            store.execute("PEXPIRE", lock, REPAIR_LOCK_MS)
+        while apply_increments(cache, using) == REPAIR_BATCH:
+            store.execute("PEXPIRE", lock, REPAIR_LOCK_MS)
+    finally:
+        with contextlib.suppress(CacheUnavailable):
+            store.script("release", (lock,), (token,))
+
+
 def apply_increments(cache: Any, using: str) -> int:
     """
-    Add the increments recorded while Redis was down to their rows in Redis (queued
-    like any increment), each once; return how many were added. Runs after
-    :func:`apply_fences`: a fence drops what Redis queued before it, and an increment
-    added before that would go with it.
+    Add up to ``REPAIR_BATCH`` increments recorded while Redis was down to their rows in
+    Redis (queued like any increment), each once; return how many records were taken.
+    Called by :func:`apply_repairs`, after the fences: a fence drops what Redis queued
+    before it, and an increment added before that would go with it.
     """
     from cachepatterns_app.models import WriteBehindIncrement
 
     where = router.db_for_write(WriteBehindIncrement)
     recorded: Any = models.QuerySet(WriteBehindIncrement, using=where)
-    # No lock: two flushes replaying the same record add it once (the script checks and
-    # sets its mark atomically), and both delete it.
-    rows = list(recorded.filter(label=cache.label, db_alias=using).order_by("id")[:1000])
+    rows = list(recorded.filter(label=cache.label, db_alias=using).order_by("id")[:REPAIR_BATCH])
     keys = cache.wb_keys(using)
-    added, done = 0, []
+    added, done, marks, kept = 0, [], [], 0
     for row in rows:
-        pk = cache.canonical_pk(cache.pk_field.to_python(row.pk_text))
-        outcome = cache.replay_increment(
-            using, pk, row.field, row.amount, (keys.increment(row.id), INCREMENT_MARK_MS)
-        )
+        mark = keys.increment(row.token)
+        try:
+            pk = cache.canonical_pk(cache.pk_field.to_python(row.pk_text))
+            outcome = cache.replay_increment(using, pk, row.field, row.amount, (mark, INCREMENT_MARK_MS))
+        except CacheUnavailable:
+            raise  # Redis is down again: the flush stops; the records wait
+        except Exception as e:  # noqa: BLE001 - one record must not stop the model's flush
+            kept += 1
+            logger.warning(
+                "Write-behind increment of %s pk_text=%r %s by %d, recorded while Redis was down, "
+                "is not added yet (%s: %s); the next flush tries again",
+                cache.label,
+                row.pk_text,
+                row.field,
+                row.amount,
+                type(e).__name__,
+                e,
+            )
+            continue
         if outcome == "wait":
             break  # MAX_PENDING: the queue is full; the next flush goes on
         if outcome == "dropped":
@@ -303,40 +358,46 @@ def apply_increments(cache: Any, using: str) -> int:
             )
         added += outcome == "added"
         done.append(row.id)
+        marks.append(mark)
     if done:
         recorded.filter(id__in=done).delete()
+        # The marks only guard the moment before that deletion.
+        with contextlib.suppress(CacheUnavailable):
+            cache._store().execute("DEL", *marks)
         logger.warning(
             "Added %d write-behind increment(s) of %s recorded while Redis was down", added, cache.label
         )
-    return added
+    # Only a full batch that was all taken says more may wait.
+    return len(rows) if not kept and len(done) == len(rows) else 0
 
 
 def apply_fences(cache: Any, using: str) -> int:
-    """Stamp a fresh sequence on every row fenced while Redis was down; return how many."""
+    """
+    Stamp a fresh sequence on up to ``REPAIR_BATCH`` rows fenced while Redis was down,
+    and delete their fences in the same transaction; return how many. Called by
+    :func:`apply_repairs`, which holds the model's repair lock.
+    """
     from cachepatterns_app.models import WriteBehindFence
     from cachepatterns_app.patterns.write_behind.rows import flushing
 
-    fences: list[Any] = list(
-        models.QuerySet(WriteBehindFence, using=router.db_for_write(WriteBehindFence)).filter(
-            label=cache.label, db_alias=using
-        )[:1000]
-    )
-    if not fences:
-        return 0
-    seq = cache.next_seq(using)
-    pks = [cache.pk_field.to_python(f.pk_text) for f in fences]
-    with transaction.atomic(using=using), flushing():
-        present = set(
-            models.QuerySet(cache.model, using=using).filter(pk__in=pks).values_list("pk", flat=True)
-        )
-        models.QuerySet(cache.model, using=using).filter(pk__in=list(present)).update(wb_seq=seq)
-        record_tombstones(cache, using, [pk for pk in pks if pk not in present], seq)
+    where = router.db_for_write(WriteBehindFence)
+    fenced: Any = models.QuerySet(WriteBehindFence, using=where)
+    with transaction.atomic(using=where):
+        fences = list(fenced.filter(label=cache.label, db_alias=using).order_by("id")[:REPAIR_BATCH])
+        if not fences:
+            return 0
+        seq = cache.next_seq(using)
+        pks = [cache.pk_field.to_python(f.pk_text) for f in fences]
+        with transaction.atomic(using=using), flushing():
+            present = set(
+                models.QuerySet(cache.model, using=using).filter(pk__in=pks).values_list("pk", flat=True)
+            )
+            models.QuerySet(cache.model, using=using).filter(pk__in=list(present)).update(wb_seq=seq)
+            record_tombstones(cache, using, [pk for pk in pks if pk not in present], seq)
+        fenced.filter(pk__in=[f.pk for f in fences]).delete()
     from cachepatterns_app.invalidation import send
 
     send(dict(cache.fence(pks, using, seq)))
-    models.QuerySet(WriteBehindFence, using=router.db_for_write(WriteBehindFence)).filter(
-        pk__in=[f.pk for f in fences]
-    ).delete()
     logger.warning(
         "Applied %d write-behind fence(s) of %s recorded while Redis was down", len(fences), cache.label
     )

@@ -427,7 +427,9 @@ class WriteBehindRowCache(RowCache):
         if code == -1:
             return "wait"
         if code == 0:
-            raise CacheUnavailable(f"{self.label} pk={pk!r} left Redis while it was being loaded; retried")
+            # The row in Redis has another layout (a previous deploy's dirty row) or left
+            # again: the flush of that write settles it; the record waits until then.
+            raise WriteBehindError(f"{self.label} pk={pk!r} could not be loaded into Redis in this layout")
         return "dropped"  # -2 deleted by a queued write, -3 not an integer
 
     def _load_row(self, db: str, pk: Any) -> None:
