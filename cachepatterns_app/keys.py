@@ -105,6 +105,8 @@ def key_part(value: Any, name: str = "value") -> str:
         return text if len(text) <= 64 else _hashed("i", text)
     if kind is str:
         return normalise(value)
+    if kind is uuid.UUID:  # a write-behind key's usual type: what _typed_text gives it
+        return _hashed("u", value.hex)
     if isinstance(value, enum.Enum):
         return key_part(value.value, name)
     if isinstance(value, Model):

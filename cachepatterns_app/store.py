@@ -385,12 +385,28 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
                 # Connected first, apart: a failure to connect means the script did not
                 # run, which a caller may act on (an increment written around Redis);
                 # a failure once it is sent leaves that unknown.
-                conn.connect()
+                if not getattr(conn, "_sock", None):
+                    conn.connect()
                 sent = True
-                conn.send_command("EVALSHA", *args)
+                packer = getattr(conn, "_command_packer", None)
+                if type(packer) is _HIREDIS_PACKER:
+                    # What that packer does for these arguments (text, numbers, bytes),
+                    # without its per-argument generator: a save is one such call.
+                    conn.send_packed_command([_hiredis_pack(("EVALSHA", *args))])
+                else:
+                    conn.send_command("EVALSHA", *args)
                 return conn.read_response()
 
-            return conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+            retry = conn.retry
+            if type(retry) is _Retry and retry.get_retries() == 0:
+                # What call_with_retry does with no retries (django-redis's default
+                # policy), without its backoff bookkeeping.
+                try:
+                    return attempt()
+                except retry._supported_errors:
+                    conn.disconnect()
+                    raise
+            return retry.call_with_retry(attempt, lambda _error: conn.disconnect())
         except _CONNECTION_ERRORS as e:
             if not sent:
                 e.cachepatterns_unsent = True  # type: ignore[attr-defined]
@@ -405,6 +421,20 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
                 pool.release(conn)
 
     return evalsha
+
+
+def _packer_and_retry() -> tuple[Any, Any, Any]:
+    from redis.retry import Retry
+
+    try:
+        import hiredis
+        from redis.connection import HiredisRespSerializer
+    except ImportError:  # no hiredis: redis-py's own packer, always
+        return None, None, Retry
+    return HiredisRespSerializer, hiredis.pack_command, Retry
+
+
+_HIREDIS_PACKER, _hiredis_pack, _Retry = _packer_and_retry()
 
 
 def _unsent(error: BaseException) -> bool:

@@ -28,13 +28,31 @@ def sent(monkeypatch: Any) -> list[str]:
     from redis.connection import AbstractConnection
 
     names: list[str] = []
-    original = AbstractConnection.send_command
+    original = AbstractConnection.send_packed_command
 
-    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
-        names.append(str(args[0]).upper() if args else "")
-        return original(self, *args, **kwargs)
+    def counting(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        # Every command leaves through here, packed: read the names back out of the
+        # protocol (a pipeline sends several in one buffer).
+        packed = command if isinstance(command, bytes | str) else b"".join(command)
+        names.extend(_names(packed.encode() if isinstance(packed, str) else packed))
+        return original(self, command, *args, **kwargs)
 
-    monkeypatch.setattr(AbstractConnection, "send_command", counting)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return names
+
+
+def _names(packed: bytes) -> list[str]:
+    """The command names in a buffer of RESP arrays of bulk strings."""
+    names, at = [], 0
+    while at < len(packed):
+        end = packed.index(b"\r\n", at)
+        count, at = int(packed[at + 1 : end]), end + 2
+        for index in range(count):
+            end = packed.index(b"\r\n", at)
+            size, at = int(packed[at + 1 : end]), end + 2
+            if index == 0:
+                names.append(packed[at : at + size].decode().upper())
+            at += size + 2
     return names
 
 
@@ -80,17 +98,18 @@ def drop_first_send(monkeypatch: Any, client: Any) -> list[str]:
     """Make the first EVALSHA send fail as a connection the server dropped does."""
     conn = client.connection_pool.get_connection()
     client.connection_pool.release(conn)
-    original = type(conn).send_command
+    original = type(conn).send_packed_command
     failures: list[str] = []
 
-    def drop_once(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if args and args[0] == "EVALSHA" and not failures:
-            failures.append(args[0])
+    def drop_once(self: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        packed = command if isinstance(command, bytes) else b"".join(command)
+        if _names(packed)[:1] == ["EVALSHA"] and not failures:
+            failures.append("EVALSHA")
             self.disconnect()
             raise redis_py.ConnectionError("connection reset by peer (injected)")
-        return original(self, *args, **kwargs)
+        return original(self, command, *args, **kwargs)
 
-    monkeypatch.setattr(type(conn), "send_command", drop_once)
+    monkeypatch.setattr(type(conn), "send_packed_command", drop_once)
     return failures
 
 

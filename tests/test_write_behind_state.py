@@ -80,3 +80,44 @@ def test_a_write_redis_never_accepted_is_not_reported_as_queued(monkeypatch):
     with pytest.raises(WriteBehindError, match="Nothing was queued"):
         counter.save(update_fields=["name"])
     assert cache.queue("default").length() == before
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param(lambda pk: pk, id="UUID"),
+        pytest.param(str, id="text"),
+        pytest.param(lambda pk: pk.hex, id="hex"),
+    ],
+)
+def test_a_key_is_stored_as_canonical_pk_makes_it(given):
+    import uuid
+
+    pk = uuid.uuid4()
+    counter = Counter(id=given(pk), name="keyed")
+    got = stored(counter, "id")
+    assert got == row_cache_for(Counter).canonical_pk(given(pk)) == pk
+    assert type(got) is uuid.UUID
+
+
+def test_a_deferred_field_is_read_through_pre_save_not_skipped():
+    from django.db import models
+
+    saved = Counter(name="in the database", views=5)
+    saved.save(sync=True)
+    partial = models.QuerySet(Counter).only("id", "name").get(pk=saved.pk)
+    assert "views" not in partial.__dict__
+    assert stored(partial, "views") == 5  # loaded, as getattr() loads it
+
+
+def test_only_djangos_own_plain_fields_are_read_from_the_instance_directly():
+    from django.db import models
+
+    assert row_state._plain_pre_save(Counter._meta.get_field("name"))
+    assert not row_state._plain_pre_save(Counter._meta.get_field("touched"))  # auto_now
+
+    class Shouting(models.CharField):
+        def pre_save(self, model_instance: Any, add: bool) -> Any:
+            return str(super().pre_save(model_instance, add)).upper()
+
+    assert not row_state._plain_pre_save(Shouting(max_length=5))

@@ -67,6 +67,7 @@ class WriteBehindRowCache(RowCache):
         super().__init__(model, ttl=ttl)
         self.sync_creates = sync_creates
         self._sequences: dict[str, int] = {}
+        self._limits_memo: tuple[Any, int, int] | None = None
 
     # -- keys and the queue -----------------------------------------------------------
 
@@ -90,7 +91,23 @@ class WriteBehindRowCache(RowCache):
 
     @property
     def settings(self) -> dict[str, Any]:
-        return get_settings().WRITE_BEHIND  # type: ignore[no-any-return]
+        return get_settings().raw["WRITE_BEHIND"]  # type: ignore[no-any-return]
+
+    @cached_property
+    def _plain_pk(self) -> bool:
+        """Whether the key is one of Django's own fields (stored exactly as canonical() says)."""
+        from cachepatterns_app.identity import value_field
+
+        return type(value_field(self.pk_field)).__module__.split(".")[0] == "django"
+
+    def _limits(self) -> tuple[int, int]:
+        """(MAX_PENDING, BATCH_SIZE), read once per settings object: asked on every save."""
+        settings = get_settings()
+        memo = self._limits_memo
+        if memo is None or memo[0] is not settings:
+            wb = settings.raw["WRITE_BEHIND"]
+            memo = self._limits_memo = (settings, int(wb["MAX_PENDING"]), int(wb["BATCH_SIZE"]))
+        return memo[1], memo[2]
 
     # -- reads --------------------------------------------------------------------------
 
@@ -242,13 +259,6 @@ class WriteBehindRowCache(RowCache):
         """Queue ``instance``'s save; return its sequence. Raises ``WriteBehindError``."""
         db = self.db_for(None, using)
         adding = instance._state.adding
-        if instance.pk is None:
-            raise WriteBehindError(
-                f"{self.label}: a write-behind save needs the primary key before the insert, and "
-                "this instance has none. Give the model a UUID or natural primary key, or create "
-                "it with save(sync=True) (then later saves are queued)."
-            )
-        pk = self.canonical_pk(instance.pk)
         fields: list[Any] | row_state.Plan
         if update_fields is not None:
             names = {getattr(self.model._meta.get_field(n), "attname", n) for n in update_fields}
@@ -257,7 +267,16 @@ class WriteBehindRowCache(RowCache):
         else:
             fields = self._full_plan
             mode = "full"
+        if instance.pk is None:
+            raise WriteBehindError(
+                f"{self.label}: a write-behind save needs the primary key before the insert, and "
+                "this instance has none. Give the model a UUID or natural primary key, or create "
+                "it with save(sync=True) (then later saves are queued)."
+            )
         values = row_state.stored_values(instance, fields, self._vendor(db), adding)
+        # A whole-row save has just converted the key as canonical() does (Django's own
+        # key fields); anything else asks.
+        pk = values[self.pk_attname] if mode == "full" and self._plain_pk else self.canonical_pk(instance.pk)
         encoded = row_state.encode_fields(self.codec, values)
         if mode == "full":
             encoded += [SEQ_FIELD, "0"]  # the flush sets the column to the write's sequence
@@ -266,8 +285,7 @@ class WriteBehindRowCache(RowCache):
             self._load_row(db, pk)
             reply = self._write(db, pk, mode, encoded)
         seq = self._accepted(reply, db, instance, "save")
-        for attname, value in values.items():
-            instance.__dict__[attname] = value  # what the database will hold
+        instance.__dict__.update(values)  # what the database will hold
         instance.__dict__[SEQ_FIELD] = seq
         instance._state.adding = False
         instance._state.db = db
@@ -455,7 +473,7 @@ class WriteBehindRowCache(RowCache):
         raise WriteBehindError(f"{self.label} pk={pk!r}: could not load the row into Redis; retry.")
 
     def _maybe_trigger(self, db: str, length: int) -> None:
-        batch = int(self.settings["BATCH_SIZE"])
+        batch = self._limits()[1]
         if length < batch or length % batch:
             # Once per BATCH_SIZE waiting writes, not on every save of a long backlog: a
             # lost trigger costs nothing, beat's next flush comes anyway.
@@ -475,7 +493,7 @@ class WriteBehindRowCache(RowCache):
             logger.warning("Could not trigger an early write-behind flush of %s: %s", self.label, e)
 
     def _max_pending(self) -> int:
-        return int(self.settings["MAX_PENDING"])
+        return self._limits()[0]
 
     def _vendor(self, db: str) -> str:
         from django.db import connections

@@ -26,7 +26,7 @@ from django.db import models
 from django.db.models import Field, Model
 from django.db.models.fields import NOT_PROVIDED
 
-from cachepatterns_app.codecs import RowCodec
+from cachepatterns_app.codecs import RowCodec, _identity
 from cachepatterns_app.exceptions import SerializationError, WriteBehindError
 from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, value_field
 
@@ -65,6 +65,7 @@ class Plan:
                 bool(f.null or f.primary_key),
                 getattr(f, "max_length", None),
                 _utc_ready(f),
+                _plain_pre_save(f),
             )
             for f in fields
         ]
@@ -80,8 +81,11 @@ def stored_values(
     """
     plan = fields if isinstance(fields, Plan) else Plan(type(instance), fields)
     out: dict[str, Any] = {}
-    for field, attname, ready, nullable, max_length, utc_ready in plan.specs:
-        value = field.pre_save(instance, adding)
+    loaded = instance.__dict__
+    for field, attname, ready, nullable, max_length, utc_ready, plain in plan.specs:
+        # A field whose pre_save only reads the attribute: read it (a deferred one is not
+        # in __dict__ and goes through pre_save, which loads it).
+        value = loaded[attname] if plain and attname in loaded else field.pre_save(instance, adding)
         kind = type(value)
         if kind in ready or value is None:
             pass  # already what the database returns (NULL: checked below)
@@ -106,11 +110,36 @@ def stored_values(
 _ready_types: dict[Field[Any, Any], frozenset[type]] = {}
 
 
+def _plain_pre_save(field: Field[Any, Any]) -> bool:
+    """
+    Whether ``field.pre_save`` returns the attribute as it is (no ``auto_now``, no file
+    commit) and the attribute is the value in the instance's ``__dict__`` (Django's own
+    fields and descriptors; a project's field may compute either).
+    """
+    from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+    from django.db.models.query_utils import DeferredAttribute
+
+    if type(field).__module__.split(".")[0] != "django" or field.descriptor_class not in (
+        DeferredAttribute,
+        ForeignKeyDeferredAttribute,
+    ):
+        return False
+    method = type(field).pre_save
+    if method is Field.pre_save:
+        return True
+    # Django's date and time fields stamp the value only with auto_now/auto_now_add.
+    stamps = (models.DateField.pre_save, models.DateTimeField.pre_save, models.TimeField.pre_save)
+    stamped = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+    return method in stamps and not stamped
+
+
 def _ready(field: Field[Any, Any]) -> frozenset[type]:
     types = _ready_types.get(field)
     if types is None:
         custom = type(value_field(field)).__module__.split(".")[0] != "django"
-        types = _ready_types[field] = frozenset() if custom or field.primary_key else canonical_types(field)
+        # A primary key too: canonical() returns a value of these types unchanged, and a
+        # key must be exactly what canonical_pk() gives (the row's identity in Redis).
+        types = _ready_types[field] = frozenset() if custom else canonical_types(field)
     return types
 
 
@@ -192,7 +221,8 @@ def encode_fields(codec: RowCodec, values: dict[str, Any]) -> list[str]:
     encoders = codec.field_encoders
     for attname, value in values.items():
         try:
-            plain: Any = value if value is None else encoders[attname](value)
+            encode = encoders[attname]
+            plain: Any = value if value is None or encode is _identity else encode(value)
             kind = type(plain)
             # What the JSON encoder writes for these, without its per-call overhead.
             if kind is str:
