@@ -14,7 +14,7 @@ from django.db import DatabaseError
 
 from cachepatterns_app import invalidation
 from cachepatterns_app.celery import connect_signals
-from cachepatterns_app.exceptions import CacheUnavailable
+from cachepatterns_app.exceptions import CacheUnavailable, WriteBehindError
 
 __all__ = [
     "flush_write_behind",
@@ -53,7 +53,7 @@ def flush_write_behind(model: str | None = None, using: str | None = None) -> in
 
     try:
         invalidation.retry_failed()  # fences recorded during an outage come first
-        return flush(model, using=using)
+        return flush(model, using=using, wait_for_repairs=False)
     except CacheUnavailable as e:
         # Nothing is lost: a batch committed but not acknowledged is delivered again
         # and skipped as stale, the rest stays queued. The next beat run flushes it;
@@ -78,7 +78,11 @@ def reclaim_pending() -> int:
     written = 0
     for cache in caches():
         try:
-            written += flush_model(cache, cache.db_for(), max_batches=0).rows
+            try:
+                written += flush_model(cache, cache.db_for(), max_batches=0, wait_for_repairs=False).rows
+            except WriteBehindError as e:
+                logger.warning("Reclaiming the write-behind writes of %s stopped: %s", cache.label, e)
+                continue
             # Tombstones of flushed deletes would otherwise accumulate forever.
             try:
                 prune_tombstones(cache, cache.db_for())

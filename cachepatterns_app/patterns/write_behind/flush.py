@@ -100,8 +100,13 @@ def flush_model(
     consumer: str | None = None,
     max_batches: int | None = None,
     drain: bool = False,
+    wait_for_repairs: bool = True,
 ) -> FlushResult:
-    """Flush the queued writes of ``cache``'s model in database ``using``."""
+    """
+    Flush the queued writes of ``cache``'s model in database ``using``. With
+    ``wait_for_repairs=False`` (the beat's tasks) a model whose outage repairs another
+    flush is applying is skipped (an empty result), not waited for.
+    """
     settings = cache.settings
     queue = cache.queue(using)
     consumer = consumer or consumer_name()
@@ -110,7 +115,8 @@ def flush_model(
     queue.ensure_group()
     # What was written around Redis while it was unreachable, first (fences, then
     # recorded increments): nothing queued may be flushed before.
-    apply_repairs(cache, using)
+    if not apply_repairs(cache, using, wait=wait_for_repairs):
+        return total
     # What this worker was handed and never finished, what dead workers held, and
     # writes whose retry backoff is over; then everything new.
     if drain:

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import DatabaseError, connections, models, router, transaction
-from django.db.models import Model, Sum
+from django.db.models import Max, Model, Sum
 
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError, WriteBehindError
 
@@ -207,11 +207,12 @@ def fence_later(cache: Any, using: str, pks: Iterable[Any]) -> None:
         logger.error("Could not record write-behind fences for %s: %s", cache.label, e)
 
 
-#: How long the mark of a replayed increment lives if its deletion is missed (a crash
-#: between the replay and the deletion of its record): far longer than until the next flush.
-INCREMENT_MARK_MS = 7 * 24 * 3600 * 1000
+#: How long the mark of a replayed increment lives. Not deleted with its record: a flush
+#: whose repair lock lapsed may still hold the record it read, and the mark is what makes
+#: its replay a no-op. A day is far longer than any flush.
+INCREMENT_MARK_MS = 24 * 3600 * 1000
 #: How long the flush applying the outage's writes holds the model's repair lock before
-#: it lapses (a flush that died); extended after every batch.
+#: it lapses (a flush that died); extended after every batch, by the holder only.
 REPAIR_LOCK_MS = 60_000
 #: Records taken per round trip to the database.
 REPAIR_BATCH = 1000
@@ -277,41 +278,70 @@ def record_increment(cache: Any, db: str, pk: Any, field: Any, amount: int) -> i
     return int(found[0]) + int(pending or 0)
 
 
-def apply_repairs(cache: Any, using: str) -> None:
+def apply_repairs(cache: Any, using: str, *, wait: bool = True) -> bool:
     """
     Apply what was written around Redis during an outage for ``cache``'s model in
     ``using``, before any queued write of it is flushed: first every fence (a direct write
-    that the writes queued before it must not overwrite), then the recorded increments
-    (added on top of what the fences left). One flush at a time: applying a fence twice
-    would draw a second, newer sequence and make the increments replayed in between stale.
+    that the writes queued before it must not overwrite), then the increments recorded
+    before this started (added on top of what the fences left; a later one may come after
+    a fence recorded meanwhile, and waits for the next flush, which applies that fence
+    first). One flush at a time: applying a fence twice would draw a second, newer
+    sequence and make the increments replayed in between stale.
+
+    Return False, having done nothing, if another flush holds the repairs and ``wait`` is
+    false (the beat's tasks: they skip the model rather than hold a worker); with ``wait``,
+    wait for it.
     """
     fences, increments = repairs_pending(cache, using)
     if not (fences or increments):
-        return
+        return True
+    from cachepatterns_app.models import WriteBehindIncrement
     from cachepatterns_app.store import new_token
 
     store = cache._store()
     lock, token = cache.wb_keys(using).repairs, new_token()
     waited = time.monotonic()
     while not store.execute("SET", lock, token, "NX", "PX", REPAIR_LOCK_MS):
-        # Another flush is applying them; this one flushes nothing of the model before.
+        # Another flush is applying them; nothing of the model is flushed before.
+        if not wait:
+            logger.info(
+                "Write-behind flush of %s skipped: another flush applies its outage repairs", cache.label
+            )
+            return False
         if time.monotonic() - waited > 2 * REPAIR_LOCK_MS / 1000:
             raise WriteBehindError(
                 f"Write-behind flush of {cache.label}: another flush has held the outage repairs for "
                 f"{2 * REPAIR_LOCK_MS // 1000} s; nothing was flushed, the next flush tries again."
             )
         time.sleep(0.01)
+
+    def extend() -> None:
+        if not store.script("lock_extend", (lock,), (token, REPAIR_LOCK_MS)):
+            raise WriteBehindError(
+                f"Write-behind flush of {cache.label}: its hold on the outage repairs lapsed; it "
+                "stops, and the flush that holds them now goes on."
+            )
+
     try:
+        recorded: Any = models.QuerySet(WriteBehindIncrement, using=router.db_for_write(WriteBehindIncrement))
+        last = (
+            recorded.filter(label=cache.label, db_alias=using).aggregate(last=Max("id"))["last"]
+            if increments
+            else None
+        )
         while apply_fences(cache, using) == REPAIR_BATCH:
-            store.execute("PEXPIRE", lock, REPAIR_LOCK_MS)
-        while apply_increments(cache, using) == REPAIR_BATCH:
-            store.execute("PEXPIRE", lock, REPAIR_LOCK_MS)
+            extend()
+        if last is not None:
+            extend()
+            while apply_increments(cache, using, up_to=last) == REPAIR_BATCH:
+                extend()
     finally:
         with contextlib.suppress(CacheUnavailable):
             store.script("release", (lock,), (token,))
+    return True
 
 
-def apply_increments(cache: Any, using: str) -> int:
+def apply_increments(cache: Any, using: str, up_to: int | None = None) -> int:
     """
     Add up to ``REPAIR_BATCH`` increments recorded while Redis was down to their rows in
     Redis (queued like any increment), each once; return how many records were taken.
@@ -322,9 +352,12 @@ def apply_increments(cache: Any, using: str) -> int:
 
     where = router.db_for_write(WriteBehindIncrement)
     recorded: Any = models.QuerySet(WriteBehindIncrement, using=where)
-    rows = list(recorded.filter(label=cache.label, db_alias=using).order_by("id")[:REPAIR_BATCH])
+    found = recorded.filter(label=cache.label, db_alias=using)
+    if up_to is not None:
+        found = found.filter(id__lte=up_to)
+    rows = list(found.order_by("id")[:REPAIR_BATCH])
     keys = cache.wb_keys(using)
-    added, done, marks, kept = 0, [], [], 0
+    added, done, kept = 0, [], 0
     for row in rows:
         mark = keys.increment(row.token)
         try:
@@ -358,12 +391,8 @@ def apply_increments(cache: Any, using: str) -> int:
             )
         added += outcome == "added"
         done.append(row.id)
-        marks.append(mark)
     if done:
         recorded.filter(id__in=done).delete()
-        # The marks only guard the moment before that deletion.
-        with contextlib.suppress(CacheUnavailable):
-            cache._store().execute("DEL", *marks)
         logger.warning(
             "Added %d write-behind increment(s) of %s recorded while Redis was down", added, cache.label
         )

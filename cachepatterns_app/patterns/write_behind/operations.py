@@ -12,7 +12,7 @@ from typing import Any
 from django.apps import apps
 from django.db import router
 
-from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError
+from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError, WriteBehindError
 
 __all__ = ["caches", "dead_letters", "drain", "flush", "purge", "replay", "status"]
 
@@ -76,10 +76,14 @@ def status() -> dict[str, Any]:
     return {"enabled": bool(out), "models": out}
 
 
-def flush(model: Any = None, *, wait: bool = True, using: str | None = None) -> int:
+def flush(
+    model: Any = None, *, wait: bool = True, using: str | None = None, wait_for_repairs: bool = True
+) -> int:
     """
     Flush the queued writes (of ``model``, or all) now; return how many rows were written.
-    ``wait=False`` schedules the Celery task instead.
+    ``wait=False`` schedules the Celery task instead. ``wait_for_repairs=False`` (the
+    task's) skips a model another flush is repairing after an outage, and a model whose
+    flush fails with ``WriteBehindError`` is logged and the others are flushed.
     """
     if not wait:
         from cachepatterns_app.tasks import flush_write_behind
@@ -92,7 +96,13 @@ def flush(model: Any = None, *, wait: bool = True, using: str | None = None) -> 
 
     written = 0
     for cache in caches(model):
-        written += flush_model(cache, _db(cache, using)).rows
+        if wait_for_repairs:
+            written += flush_model(cache, _db(cache, using)).rows
+            continue
+        try:
+            written += flush_model(cache, _db(cache, using), wait_for_repairs=False).rows
+        except WriteBehindError as e:
+            logger.warning("Write-behind flush of %s stopped: %s", cache.label, e)
     return written
 
 
@@ -103,8 +113,10 @@ def drain() -> int:
     written = 0
     for cache in caches():
         try:
-            written += flush_model(cache, _db(cache, None), max_batches=1, drain=True).rows
-        except CacheUnavailable as e:
+            written += flush_model(
+                cache, _db(cache, None), max_batches=1, drain=True, wait_for_repairs=False
+            ).rows
+        except (CacheUnavailable, WriteBehindError) as e:
             logger.warning("Could not drain the write-behind queue of %s: %s", cache.label, e)
     return written
 
