@@ -174,13 +174,15 @@ def test_two_flushes_at_once_apply_a_fence_once(monkeypatch, caplog):
         assert Counter.objects.incr(counter.pk, "views", 5) == 15  # recorded
     cache = row_cache_for(Counter)
     b_applying, a_waiting = threading.Event(), threading.Event()
-    real_next_seq, real_time = cache.next_seq, wb_model.time
+    store = get_store()
+    real_script, real_time = store.script, wb_model.time
 
-    def next_seq(using: str) -> int:
-        if threading.current_thread().name == "flush-b":
+    def script(name: str, keys: Any, args: Any = ()) -> Any:
+        # Flush B inside its fence batch (reading where the fence's line falls).
+        if name == "wb_seq_before" and threading.current_thread().name == "flush-b":
             b_applying.set()
             assert a_waiting.wait(30), "flush A did not wait for flush B's repairs"
-        return real_next_seq(using)
+        return real_script(name, keys, args)
 
     class Clock:
         monotonic = staticmethod(real_time.monotonic)
@@ -190,7 +192,7 @@ def test_two_flushes_at_once_apply_a_fence_once(monkeypatch, caplog):
             a_waiting.set()
             real_time.sleep(seconds)
 
-    monkeypatch.setattr(cache, "next_seq", next_seq)
+    monkeypatch.setattr(store, "script", script)
     monkeypatch.setattr(wb_model, "time", Clock)
     with caplog.at_level(logging.WARNING, "cachepatterns_app"):
         b = Worker(lambda: flush_model(cache, "default"), name="flush-b")
@@ -420,17 +422,11 @@ def test_a_fence_recorded_during_the_repairs_before_an_increment_still_comes_fir
     assert (column(row.pk, "name"), column(row.pk)) == ("saved directly", 11)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limitation (README, 'Redis down at save'): a fence is stamped with a sequence "
-    "drawn when the next flush applies it, so a write queued between Redis coming back and that "
-    "flush is older than the fence and skipped",
-)
 def test_a_save_queued_after_redis_is_back_survives_the_outage_fence():
     """
-    (Pre-existing, 1901918, but it is what the repairs rely on.) A fence is applied by the
-    next flush with a sequence drawn then, so every write queued between Redis coming back
-    and that flush is older than the fence: skipped, and its state dropped.
+    A fence used to be applied with a sequence drawn by the next flush, so every write
+    queued between Redis coming back and that flush was older than it: skipped, and its
+    state dropped. The line is the fence's time now.
     """
     counter = flushed_counter(views=1)
     with open_breaker():
@@ -504,3 +500,55 @@ def test_one_model_under_repair_does_not_stop_reclaim_pending_of_the_others(monk
     task = tasks.reclaim_pending.apply()
     assert task.successful(), repr(task.result)
     assert reached, "reclaim_pending never reached the models after the one under repair"
+
+
+def _next_millisecond() -> None:
+    """Return once the clock is in a later millisecond (the fence's line is drawn by time)."""
+    import time
+
+    start = int(time.time() * 1000)
+    while int(time.time() * 1000) <= start + 1:
+        pass
+
+
+def test_a_row_written_directly_twice_keeps_the_later_direct_write():
+    # D1 (direct), W (queued by a process that reaches Redis), D2 (direct): the fence
+    # carries D2's time, so W, queued before it, loses to D2; D1 alone would let W win.
+    counter = flushed_counter(views=1)
+    with open_breaker():
+        counter.name = "first direct write"
+        counter.save()
+    _next_millisecond()
+    other = Counter.objects.get(pk=counter.pk)
+    other.name = "queued in between"
+    other.save()
+    _next_millisecond()
+    with open_breaker():
+        counter.name = "second direct write"
+        counter.save()
+    _next_millisecond()
+    flush_write_behind(Counter)
+    assert column(counter.pk, "name") == "second direct write"
+    assert Counter.objects.get(pk=counter.pk).name == "second direct write"
+
+
+def test_a_write_queued_after_the_direct_one_wins_and_one_before_loses():
+    counter = flushed_counter(views=1)
+    counter.name = "queued before the outage"
+    counter.save()
+    _next_millisecond()
+    with open_breaker():
+        counter.name = "written directly"
+        counter.save()
+    assert column(counter.pk, "name") == "written directly"
+    _next_millisecond()
+    flush_write_behind(Counter)  # the fence: the write queued before it is skipped
+    assert column(counter.pk, "name") == "written directly"
+    assert Counter.objects.get(pk=counter.pk).name == "written directly"
+    with open_breaker():
+        counter.name = "written directly again"
+        counter.save()
+    _next_millisecond()
+    Counter.objects.incr(counter.pk, "views", 1)  # after Redis is back: it wins
+    flush_write_behind(Counter)
+    assert (column(counter.pk, "name"), column(counter.pk)) == ("written directly again", 2)

@@ -9,10 +9,11 @@ stored in the row's ``wb_seq`` column (or, for a delete, in a tombstone), so tha
 flush skips the older queued writes of that row instead of overwriting it.
 
 When Redis is unreachable a direct write cannot draw a sequence. It is written
-anyway (``ON_CACHE_FAILURE = "sync"``) and recorded as a *fence* in the database;
-the next flush of the model, which cannot run before Redis is back, first draws a
-sequence for each fenced row and stamps it on the row (or its tombstone), so the
-writes queued before the outage are skipped and the direct write stands.
+anyway (``ON_CACHE_FAILURE = "sync"``) and recorded as a *fence* in the database,
+with its time; the next flush of the model, which cannot run before Redis is back,
+first stamps on the row (or its tombstone) the sequence of the last write queued
+before that time, so the writes queued before the direct write are skipped, it
+stands, and those queued after it (Redis back) still land.
 
 An ``incr()`` is different: it adds to whatever the row holds, including increments
 Redis has queued and the column lacks. Written to the column directly it would be
@@ -32,7 +33,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import DatabaseError, connections, models, router, transaction
-from django.db.models import Max, Model, Sum
+from django.db.models import F, Max, Model, Sum, Value
+from django.db.models.functions import Greatest
 
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError, WriteBehindError
 
@@ -200,9 +202,20 @@ def fence_later(cache: Any, using: str, pks: Iterable[Any]) -> None:
     from cachepatterns_app.models import WriteBehindFence
 
     rows = [WriteBehindFence(label=cache.label, db_alias=using, pk_text=_pk_text(cache, pk)) for pk in pks]
-    query: Any = models.QuerySet(WriteBehindFence, using=router.db_for_write(WriteBehindFence))
+    where = router.db_for_write(WriteBehindFence)
+    query: Any = models.QuerySet(WriteBehindFence, using=where)
     try:
-        query.bulk_create(rows, ignore_conflicts=True)
+        # A row written directly again keeps one fence, with the time of its latest write:
+        # the writes queued before that time lose to it, those queued after win.
+        if connections[where].features.supports_update_conflicts_with_target:
+            query.bulk_create(
+                rows,
+                update_conflicts=True,
+                unique_fields=["label", "db_alias", "pk_text"],
+                update_fields=["created"],
+            )
+        else:
+            query.bulk_create(rows, update_conflicts=True, update_fields=["created"])
     except DatabaseError as e:
         logger.error("Could not record write-behind fences for %s: %s", cache.label, e)
 
@@ -402,11 +415,18 @@ def apply_increments(cache: Any, using: str, up_to: int | None = None) -> int:
 
 def apply_fences(cache: Any, using: str) -> int:
     """
-    Stamp a fresh sequence on up to ``REPAIR_BATCH`` rows fenced while Redis was down,
-    and delete their fences in the same transaction; return how many. Called by
-    :func:`apply_repairs`, which holds the model's repair lock.
+    Order up to ``REPAIR_BATCH`` rows fenced while Redis was down after the writes queued
+    before their direct write and before those queued after it, and delete their fences in
+    the same transaction; return how many. Called by :func:`apply_repairs`, which holds
+    the model's repair lock.
+
+    The line is drawn by time: the sequence of the last write the queue holds from before
+    the fence's time (its latest direct write) becomes the row's ``wb_seq`` floor (never
+    lowered), or its tombstone's. So a write queued after Redis came back, before this
+    flush, still lands. Ordered by the clocks of the web process and of Redis: to within
+    their difference.
     """
-    from cachepatterns_app.models import WriteBehindFence
+    from cachepatterns_app.models import WriteBehindFence, WriteBehindTombstone
     from cachepatterns_app.patterns.write_behind.rows import flushing
 
     where = router.db_for_write(WriteBehindFence)
@@ -415,18 +435,42 @@ def apply_fences(cache: Any, using: str) -> int:
         fences = list(fenced.filter(label=cache.label, db_alias=using).order_by("id")[:REPAIR_BATCH])
         if not fences:
             return 0
-        seq = cache.next_seq(using)
+        times = [max(1, int(f.created.timestamp() * 1000)) for f in fences]
+        floors = [
+            int(seq) for seq in cache._store().script("wb_seq_before", (cache.wb_keys(using).stream,), times)
+        ]
         pks = [cache.pk_field.to_python(f.pk_text) for f in fences]
+        by_floor: dict[int, list[Any]] = {}
+        for pk, floor in zip(pks, floors, strict=True):
+            by_floor.setdefault(floor, []).append(pk)
         with transaction.atomic(using=using), flushing():
             present = set(
                 models.QuerySet(cache.model, using=using).filter(pk__in=pks).values_list("pk", flat=True)
             )
-            models.QuerySet(cache.model, using=using).filter(pk__in=list(present)).update(wb_seq=seq)
-            record_tombstones(cache, using, [pk for pk in pks if pk not in present], seq)
+            gone = [pk for pk in pks if pk not in present]
+            tombs = dict(
+                models.QuerySet(WriteBehindTombstone, using=using)
+                .filter(label=cache.label, pk_text__in=[_pk_text(cache, pk) for pk in gone])
+                .values_list("pk_text", "seq")
+            )
+            for floor, group in by_floor.items():
+                rows = [pk for pk in group if pk in present]
+                if rows and floor:
+                    models.QuerySet(cache.model, using=using).filter(pk__in=rows).update(
+                        wb_seq=Greatest(F("wb_seq"), Value(floor))
+                    )
+                deleted = [
+                    pk for pk in group if pk not in present and tombs.get(_pk_text(cache, pk), 0) < floor
+                ]
+                if deleted:
+                    record_tombstones(cache, using, deleted, floor)
         fenced.filter(pk__in=[f.pk for f in fences]).delete()
     from cachepatterns_app.invalidation import send
 
-    send(dict(cache.fence(pks, using, seq)))
+    commands: dict[Any, str] = {}
+    for floor, group in by_floor.items():
+        commands.update(cache.fence(group, using, floor, clean=True))
+    send(commands)
     logger.warning(
         "Applied %d write-behind fence(s) of %s recorded while Redis was down", len(fences), cache.label
     )

@@ -511,15 +511,19 @@ class WriteBehindRowCache(RowCache):
     def next_seq(self, using: str) -> int:
         return self.queue(using).next_seq()
 
-    def fence(self, pks: Iterable[Any], using: str, seq: int | str) -> list[tuple[tuple[Any, ...], str]]:
+    def fence(
+        self, pks: Iterable[Any], using: str, seq: int | str, *, clean: bool = False
+    ) -> list[tuple[tuple[Any, ...], str]]:
+        """Drop the rows' state in Redis if not newer than ``seq`` (``clean``: and if clean)."""
         keys = self.wb_keys(using)
+        args: tuple[str, ...] = (str(seq), "clean") if clean else (str(seq),)
         out = []
         for pk in pks:
             try:
                 row = keys.row(self.canonical_pk(pk))
             except NotCanonical:
                 continue
-            out.append((("SCRIPT", "wb_fence", (row.value, row.lease), (str(seq),)), self.label))
+            out.append((("SCRIPT", "wb_fence", (row.value, row.lease), args), self.label))
         return out
 
     def invalidation(self, pks: Iterable[Any], using: str) -> list[tuple[tuple[Any, ...], str]]:
