@@ -51,7 +51,7 @@ from django.db.models import Field, Model
 
 from cachepatterns_app.identity import value_field
 
-__all__ = ["RowWriter", "execute", "writer_for"]
+__all__ = ["RowWriter", "writer_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class RowWriter:
                 f"ORDER BY {self.pk_column} {lock}"
             )
             with connection.cursor() as cursor:
-                execute(cursor, connection, sql, chunk)
+                cursor.execute(sql, chunk)
                 for pk, seq in cursor.fetchall():
                     mine = sent.get(pk) if type(pk) is str else None
                     out[to_python(pk) if mine is None else mine] = int(seq or 0)
@@ -190,17 +190,15 @@ class RowWriter:
             tuples = ", ".join("(" + ", ".join(row) + ")" for row in rows)
             # Only quoted identifiers and placeholders are interpolated: every value is a parameter.
             sql = f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES {tuples}"  # noqa: S608
-            connection = connections[self.using]
-            with connection.cursor() as cursor:
-                execute(cursor, connection, sql, params)
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(sql, params)
 
     def update(self, objs: Sequence[Model]) -> None:
         """Overwrite the rows of ``objs`` (which the database has, locked) with their values."""
         for chunk in self._batches(objs):
             rows, params = self._rows(chunk)
-            connection = connections[self.using]
-            with connection.cursor() as cursor:
-                execute(cursor, connection, self._update_sql(rows), params)
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(self._update_sql(rows), params)
                 changed = cursor.rowcount
             if changed != len(chunk):
                 # The rows are locked and were checked: only a row changed by something
@@ -279,42 +277,6 @@ def _unchanged(field: Field[Any, Any], connection: Any) -> frozenset[type]:
 _writers: dict[tuple[type[Model], str], tuple[Any, RowWriter]] = {}
 
 
-def execute(cursor: Any, connection: Any, sql: str, params: Sequence[Any]) -> None:
-    """
-    ``cursor.execute(sql, params)``; on MySQL/MariaDB, with the values of the common
-    types (text, integers, NULL) turned into literals here, by the driver's own escaping.
-
-    What mysqlclient does for each parameter (``Connection.literal``) is a chain of type
-    tests and calls, and a flush statement has thousands: this keeps its result (the
-    connection's ``string_literal`` with its encoding, ``str`` of an integer, ``NULL``,
-    ``literal`` itself for anything else) at a fraction of the cost. Bytes keep the
-    driver's path (their literal is not text).
-    """
-    db = getattr(connection, "connection", None)
-    if connection.vendor != "mysql" or db is None or not hasattr(db, "string_literal"):
-        cursor.execute(sql, params)
-        return
-    encoding, quote, literal = db.encoding, db.string_literal, db.literal
-    values: list[bytes] = []
-    append = values.append
-    for value in params:
-        kind = type(value)
-        if kind is str:
-            append(quote(value.encode(encoding)))
-        elif kind is int:
-            append(b"%d" % value)
-        elif value is None:
-            append(b"NULL")
-        elif kind is bytes or kind is bytearray or kind is memoryview:
-            cursor.execute(sql, params)
-            return
-        else:
-            append(literal(value))
-    # As the driver formats it (bytes % literals), then as text: the driver encodes a
-    # text query with the same encoding, and runs it without formatting again.
-    cursor.execute((sql.encode(encoding) % tuple(values)).decode(encoding))
-
-
 def writer_for(model: type[Model], using: str, seq_field: str) -> RowWriter:
     """Return the model's writer for ``using``, worked out once per database settings."""
     # Checked against the settings entry itself (kept, not its id(), which a later entry
@@ -349,6 +311,6 @@ def locked_tombstones(using: str, label: str, texts: Sequence[str]) -> dict[str,
             f"AND {text_c} IN ({', '.join(['%s'] * len(chunk))}) ORDER BY {text_c} {lock}"
         )
         with connection.cursor() as cursor:
-            execute(cursor, connection, sql, [label, *chunk])
+            cursor.execute(sql, [label, *chunk])
             out.update((text, int(seq)) for text, seq in cursor.fetchall())
     return out
