@@ -388,13 +388,20 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
                 if not getattr(conn, "_sock", None):
                     conn.connect()
                 sent = True
-                packer = getattr(conn, "_command_packer", None)
-                if type(packer) is _HIREDIS_PACKER:
-                    # What that packer does for these arguments (text, numbers, bytes),
-                    # without its per-argument generator: a save is one such call.
-                    conn.send_packed_command([_hiredis_pack(("EVALSHA", *args))])
-                else:
+                packed = None
+                if type(getattr(conn, "_command_packer", None)) is _HIREDIS_PACKER:
+                    # What that packer does for text, numbers and bytes, without its
+                    # per-argument generator (a save is one such call). Anything else
+                    # (a bytearray, a value it refuses) goes through the packer itself,
+                    # which converts it or raises redis-py's DataError; nothing is sent.
+                    try:
+                        packed = [_hiredis_pack(("EVALSHA", *args))]
+                    except TypeError:
+                        packed = None
+                if packed is None:
                     conn.send_command("EVALSHA", *args)
+                else:
+                    conn.send_packed_command(packed)
                 return conn.read_response()
 
             retry = conn.retry

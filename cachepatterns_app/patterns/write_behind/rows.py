@@ -95,10 +95,16 @@ class WriteBehindRowCache(RowCache):
 
     @cached_property
     def _plain_pk(self) -> bool:
-        """Whether the key is one of Django's own fields (stored exactly as canonical() says)."""
+        """
+        Whether the key's stored value is exactly ``canonical_pk()``'s: Django's own UUID,
+        integer and text fields (a Decimal key is rounded by ``stored_values``, where
+        ``canonical_pk`` refuses one with more places than the column keeps).
+        """
         from cachepatterns_app.identity import value_field
 
-        return type(value_field(self.pk_field)).__module__.split(".")[0] == "django"
+        target = value_field(self.pk_field)
+        plain = (models.UUIDField, models.IntegerField, models.AutoField, models.CharField, models.TextField)
+        return type(target).__module__.split(".")[0] == "django" and isinstance(target, plain)
 
     def _limits(self) -> tuple[int, int]:
         """(MAX_PENDING, BATCH_SIZE), read once per settings object: asked on every save."""
