@@ -375,7 +375,7 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
             # The pool connects a new connection (and reconnects a stale one) here.
             conn = pool.get_connection(*name_args)
         except _CONNECTION_ERRORS as e:
-            e.cachepatterns_unsent = True  # type: ignore[attr-defined]
+            _mark_unsent(e)
             raise
         sent = False
         try:
@@ -416,7 +416,7 @@ def _direct_evalsha(client: Any) -> Callable[..., Any]:
             return retry.call_with_retry(attempt, lambda _error: conn.disconnect())
         except _CONNECTION_ERRORS as e:
             if not sent:
-                e.cachepatterns_unsent = True  # type: ignore[attr-defined]
+                _mark_unsent(e)
             raise
         finally:
             try:
@@ -442,6 +442,11 @@ def _packer_and_retry() -> tuple[Any, Any, Any]:
 
 
 _HIREDIS_PACKER, _hiredis_pack, _Retry = _packer_and_retry()
+
+
+def _mark_unsent(error: BaseException) -> None:
+    """Note on ``error`` that it came before the command reached Redis (see :func:`_unsent`)."""
+    vars(error)["cachepatterns_unsent"] = True
 
 
 def _unsent(error: BaseException) -> bool:

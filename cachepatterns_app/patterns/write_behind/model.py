@@ -246,7 +246,7 @@ def repairs_pending(cache: Any, using: str) -> tuple[bool, bool]:
         "postgresql",
         "sqlite",
     ):
-        found = [
+        found: list[Any] = [
             models.QuerySet(m, using=router.db_for_write(m)).filter(label=cache.label, db_alias=using)
             for m in (WriteBehindFence, WriteBehindIncrement)
         ]
