@@ -141,7 +141,7 @@ def text_is_exact(field: Field[Any, Any], alias: str) -> bool:
     be nondeterministic or ``NOCASE``) is not trusted.
     """
     field = value_field(field)
-    if _custom(field) or isinstance(field, models.GenericIPAddressField):
+    if custom_field(field) or isinstance(field, models.GenericIPAddressField):
         # A project's own field class may convert values any way it likes; Django's
         # IP field rewrites IPv6 spellings on the way in.
         return False
@@ -169,8 +169,8 @@ def collation_is_exact(collation: str | None, vendor: str) -> bool:
     return name in _PG_BYTEWISE
 
 
-def _custom(field: Field[Any, Any]) -> bool:
-    # A field class of the project's own may convert values any way it likes.
+def custom_field(field: Field[Any, Any]) -> bool:
+    """Whether ``field`` is of a class of the project's own (it may convert values any way it likes)."""
     return type(field).__module__.split(".")[0] != "django"
 
 

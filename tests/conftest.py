@@ -161,3 +161,15 @@ def celery_worker(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Work
     worker = start_worker(f"cp-tests-{os.getpid()}")
     yield worker
     stop_worker(worker)
+
+
+@pytest.fixture
+def forget() -> Any:
+    """Models a test defines (isolate_apps): their row caches are dropped from the registry after it."""
+    from cachepatterns_app import registry
+
+    made: list[Any] = []
+    yield made
+    with registry._lock:
+        for model in made:
+            registry._row_caches.pop(model, None)

@@ -307,17 +307,6 @@ class Upper(models.CharField):  # type: ignore[type-arg]
     """A project's own CharField subclass that converts nothing."""
 
 
-@pytest.fixture
-def forget() -> Any:
-    from cachepatterns_app import registry
-
-    made: list[Any] = []
-    yield made
-    with registry._lock:
-        for model in made:
-            registry._row_caches.pop(model, None)
-
-
 @isolate_apps("tests.testapp")
 def test_e017_misses_a_text_key_of_a_field_class_that_is_not_a_charfield(forget):
     from cachepatterns_app import WriteBehindManager

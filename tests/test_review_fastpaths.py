@@ -21,17 +21,6 @@ from cachepatterns_app.registry import row_cache_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def forget() -> Any:
-    from cachepatterns_app import registry
-
-    made: list[Any] = []
-    yield made
-    with registry._lock:
-        for model in made:
-            registry._row_caches.pop(model, None)
-
-
 @pytest.mark.parametrize(
     "amount",
     [

@@ -511,21 +511,24 @@ def _next_millisecond() -> None:
         pass
 
 
+def save_directly(counter: Counter, name: str) -> None:
+    """Save ``counter`` as ``name`` while this process's breaker is open: a direct write, fenced."""
+    with open_breaker():
+        counter.name = name
+        counter.save()
+
+
 def test_a_row_written_directly_twice_keeps_the_later_direct_write():
     # D1 (direct), W (queued by a process that reaches Redis), D2 (direct): the fence
     # carries D2's time, so W, queued before it, loses to D2; D1 alone would let W win.
     counter = flushed_counter(views=1)
-    with open_breaker():
-        counter.name = "first direct write"
-        counter.save()
+    save_directly(counter, "first direct write")
     _next_millisecond()
     other = Counter.objects.get(pk=counter.pk)
     other.name = "queued in between"
     other.save()
     _next_millisecond()
-    with open_breaker():
-        counter.name = "second direct write"
-        counter.save()
+    save_directly(counter, "second direct write")
     _next_millisecond()
     flush_write_behind(Counter)
     assert column(counter.pk, "name") == "second direct write"
@@ -537,17 +540,13 @@ def test_a_write_queued_after_the_direct_one_wins_and_one_before_loses():
     counter.name = "queued before the outage"
     counter.save()
     _next_millisecond()
-    with open_breaker():
-        counter.name = "written directly"
-        counter.save()
+    save_directly(counter, "written directly")
     assert column(counter.pk, "name") == "written directly"
     _next_millisecond()
     flush_write_behind(Counter)  # the fence: the write queued before it is skipped
     assert column(counter.pk, "name") == "written directly"
     assert Counter.objects.get(pk=counter.pk).name == "written directly"
-    with open_breaker():
-        counter.name = "written directly again"
-        counter.save()
+    save_directly(counter, "written directly again")
     _next_millisecond()
     Counter.objects.incr(counter.pk, "views", 1)  # after Redis is back: it wins
     flush_write_behind(Counter)

@@ -28,7 +28,14 @@ from cachepatterns_app import stats
 from cachepatterns_app.codecs import RowCodec, row_codec
 from cachepatterns_app.conf import get_settings
 from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
-from cachepatterns_app.identity import NotCanonical, canonical, database_identity, text_is_exact, value_field
+from cachepatterns_app.identity import (
+    NotCanonical,
+    canonical,
+    custom_field,
+    database_identity,
+    text_is_exact,
+    value_field,
+)
 from cachepatterns_app.keys import RowKeys, model_label, row_keys, unique_key
 from cachepatterns_app.leases import (
     HIT,
@@ -48,10 +55,6 @@ logger = logging.getLogger(__name__)
 
 # Unique-field pointers hold a primary key: always JSON, whatever SERIALIZER says.
 _json = JSONSerializer()
-
-
-def _custom_field(field: Field[Any, Any]) -> bool:
-    return type(field).__module__.split(".")[0] != "django"
 
 
 class RowCache:
@@ -117,7 +120,7 @@ class RowCache:
     @cached_property
     def _integer_pk(self) -> bool:
         field = value_field(self.pk_field)
-        return isinstance(field, models.IntegerField | models.AutoField) and not _custom_field(field)
+        return isinstance(field, models.IntegerField | models.AutoField) and not custom_field(field)
 
     def pk_is_exact(self, using: str) -> bool:
         """Return whether database ``using`` compares this model's primary keys exactly."""

@@ -447,10 +447,10 @@ def apply_fences(cache: Any, using: str) -> int:
             present = set(
                 models.QuerySet(cache.model, using=using).filter(pk__in=pks).values_list("pk", flat=True)
             )
-            gone = [pk for pk in pks if pk not in present]
+            gone = {pk: _pk_text(cache, pk) for pk in pks if pk not in present}
             tombs = dict(
                 models.QuerySet(WriteBehindTombstone, using=using)
-                .filter(label=cache.label, pk_text__in=[_pk_text(cache, pk) for pk in gone])
+                .filter(label=cache.label, pk_text__in=list(gone.values()))
                 .values_list("pk_text", "seq")
             )
             for floor, group in by_floor.items():
@@ -459,9 +459,8 @@ def apply_fences(cache: Any, using: str) -> int:
                     models.QuerySet(cache.model, using=using).filter(pk__in=rows).update(
                         wb_seq=Greatest(F("wb_seq"), Value(floor))
                     )
-                deleted = [
-                    pk for pk in group if pk not in present and tombs.get(_pk_text(cache, pk), 0) < floor
-                ]
+                # A tombstone is never lowered: a newer flushed delete keeps its sequence.
+                deleted = [pk for pk in group if pk in gone and tombs.get(gone[pk], 0) < floor]
                 if deleted:
                     record_tombstones(cache, using, deleted, floor)
         fenced.filter(pk__in=[f.pk for f in fences]).delete()

@@ -96,12 +96,11 @@ def flush(
 
     written = 0
     for cache in caches(model):
-        if wait_for_repairs:
-            written += flush_model(cache, _db(cache, using)).rows
-            continue
         try:
-            written += flush_model(cache, _db(cache, using), wait_for_repairs=False).rows
+            written += flush_model(cache, _db(cache, using), wait_for_repairs=wait_for_repairs).rows
         except WriteBehindError as e:
+            if wait_for_repairs:
+                raise  # a caller waiting for the flush must hear that it did not happen
             logger.warning("Write-behind flush of %s stopped: %s", cache.label, e)
     return written
 

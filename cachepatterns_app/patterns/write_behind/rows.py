@@ -100,11 +100,11 @@ class WriteBehindRowCache(RowCache):
         integer and text fields (a Decimal key is rounded by ``stored_values``, where
         ``canonical_pk`` refuses one with more places than the column keeps).
         """
-        from cachepatterns_app.identity import value_field
+        from cachepatterns_app.identity import custom_field, value_field
 
         target = value_field(self.pk_field)
         plain = (models.UUIDField, models.IntegerField, models.AutoField, models.CharField, models.TextField)
-        return type(target).__module__.split(".")[0] == "django" and isinstance(target, plain)
+        return not custom_field(target) and isinstance(target, plain)
 
     def _limits(self) -> tuple[int, int]:
         """(MAX_PENDING, BATCH_SIZE), read once per settings object: asked on every save."""

@@ -28,7 +28,7 @@ from django.db.models.fields import NOT_PROVIDED
 
 from cachepatterns_app.codecs import RowCodec, _identity
 from cachepatterns_app.exceptions import SerializationError, WriteBehindError
-from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, value_field
+from cachepatterns_app.identity import NotCanonical, canonical, canonical_types, custom_field, value_field
 
 __all__ = ["CLEAN", "DELETED", "DIRTY", "Plan", "decode_state", "encode_fields", "stored_values"]
 
@@ -119,7 +119,7 @@ def _plain_pre_save(field: Field[Any, Any]) -> bool:
     from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
     from django.db.models.query_utils import DeferredAttribute
 
-    if type(field).__module__.split(".")[0] != "django" or field.descriptor_class not in (
+    if custom_field(field) or field.descriptor_class not in (
         DeferredAttribute,
         ForeignKeyDeferredAttribute,
     ):
