@@ -1,12 +1,14 @@
 """
 How the write-behind flush writes a batch (issue 10, flush throughput): one multi-row
-INSERT for the rows the database lacks, one multi-row UPDATE (MySQL/MariaDB) or
-``INSERT … ON CONFLICT (pk) DO UPDATE`` (PostgreSQL, SQLite) for the rows it has, from
-the queued states as they are. What these tests pin down: every column type reaches
-the database exactly as it was queued (``auto_now`` too: the flush does not stamp
-again), the statements are one per kind and per chunk, a row that collides on another
-unique column fails alone and never overwrites the other row, the ``wb_seq`` guard
-refuses an older state, and the ORM fallback writes the same rows.
+INSERT for the rows the database lacks, one guarded ``INSERT … ON DUPLICATE KEY
+UPDATE`` (MySQL/MariaDB) or ``INSERT … ON CONFLICT (pk) DO UPDATE`` (PostgreSQL,
+SQLite) for the rows it has, from the queued states as they are. What these tests pin
+down: every column type reaches the database exactly as it was queued (``auto_now``
+too: the flush does not stamp again), the statements are one per kind and per chunk, a
+row that collides on another unique column fails alone and never overwrites the other
+row (nor does a missing row's state, which the update neither inserts nor lets update
+the row holding its unique value), the ``wb_seq`` guard refuses an older state, and the
+ORM fallback writes the same rows.
 """
 
 from __future__ import annotations
@@ -151,8 +153,11 @@ def test_a_batch_is_one_insert_and_one_update_statement():
     with CaptureQueriesContext(connection) as ctx:
         result = flush(Journal)
     assert result.rows == 25
-    update = "UPDATE" if connection.vendor == "mysql" else "INSERT"  # INSERT … ON CONFLICT DO UPDATE
-    assert sorted(writes(ctx.captured_queries)) == sorted([update, "INSERT"])
+    # The update is an INSERT too: … ON DUPLICATE KEY UPDATE (MySQL/MariaDB), … ON CONFLICT
+    # DO UPDATE (PostgreSQL, SQLite); one statement each, whatever the vendor.
+    statements = [q["sql"] for q in ctx.captured_queries if q["sql"].split()[0] in ("INSERT", "UPDATE")]
+    assert writes(ctx.captured_queries) == ["INSERT", "INSERT"]
+    assert sum(" ON DUPLICATE KEY UPDATE " in q or " ON CONFLICT " in q for q in statements) == 1
     assert models.QuerySet(Journal).filter(title="changed").count() == 10
     assert models.QuerySet(Journal).count() == 25
 
@@ -220,6 +225,45 @@ def test_the_update_statement_refuses_a_state_older_than_the_row():
         writer.update([older])
     stored = in_db(Counter, counter.pk)
     assert (stored.views, stored.wb_seq) == (5, 100)
+
+
+def test_the_update_statement_never_touches_a_row_matched_by_another_unique_column():
+    """
+    MySQL/MariaDB update through ``ON DUPLICATE KEY UPDATE``, which fires on a conflict in
+    any unique index. The flush only sends rows it holds locked, so the key matches
+    first; should a row be missing, its state must neither update the row that holds its
+    unique value nor be inserted: the statement is refused and rolled back.
+    """
+    Tally(key="b", label="beta", total=1).save(sync=True)
+    before = models.QuerySet(Tally).values().get(pk="b")
+    writer = sql.writer_for(Tally, "default", "wb_seq")
+    assert writer.supported, writer.reason
+    missing = Tally(key="gone", label="beta", total=99, wb_seq=before["wb_seq"] + 10)
+    with pytest.raises(OperationalError, match="0 of 1 rows updated"), transaction.atomic():
+        writer.update([missing])
+    assert models.QuerySet(Tally).values().get(pk="b") == before
+    assert in_db(Tally, "gone") is None
+
+
+def test_the_update_statement_does_not_insert_a_row_that_is_not_there():
+    writer = sql.writer_for(Counter, "default", "wb_seq")
+    ghost = Counter(name="never created", views=3, wb_seq=7, touched=timezone.now())
+    ghost.pk = uuid.uuid4()
+    with pytest.raises(OperationalError, match="0 of 1 rows updated"), transaction.atomic():
+        writer.update([ghost])
+    assert in_db(Counter, ghost.pk) is None
+
+
+def test_the_update_statement_writes_every_column_when_the_state_is_newer():
+    counter = Counter(name="before", views=1)
+    counter.save(sync=True)
+    models.QuerySet(Counter).filter(pk=counter.pk).update(wb_seq=10)
+    newer = in_db(Counter, counter.pk)
+    newer.name, newer.views, newer.wb_seq = "after", 42, 11
+    with transaction.atomic():
+        sql.writer_for(Counter, "default", "wb_seq").update([newer])
+    stored = in_db(Counter, counter.pk)
+    assert (stored.name, stored.views, stored.wb_seq) == ("after", 42, 11)
 
 
 def test_the_orm_fallback_writes_the_same_rows(monkeypatch, owner):
