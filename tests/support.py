@@ -185,6 +185,29 @@ class SelectCounter:
         return execute(sql, params, many, context)
 
 
+def waits_for_a_lock(observer: Any, session: int) -> bool:
+    """Whether session ``session`` waits for a lock (MariaDB/MySQL, PostgreSQL), asked via ``observer``."""
+    with observer.cursor() as cursor:
+        if observer.vendor == "postgresql":
+            cursor.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", [session]
+            )
+            return cursor.fetchone() is not None
+        cursor.execute("SHOW ENGINE INNODB STATUS")
+        status = cursor.fetchone()[2]
+    return any(
+        f"thread id {session}," in block and "LOCK WAIT" in block
+        for block in status.split("---TRANSACTION ")[1:]
+    )
+
+
+def session_id(conn: Any) -> int:
+    """Return ``conn``'s session id in the database server (what :func:`waits_for_a_lock` takes)."""
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()" if conn.vendor == "postgresql" else "SELECT CONNECTION_ID()")
+        return int(cursor.fetchone()[0])
+
+
 class Worker(threading.Thread):
     """
     Run ``target`` in a thread with its own database connection, closed at the end.

@@ -22,7 +22,7 @@ from cachepatterns_app import flush_write_behind
 from cachepatterns_app.models import WriteBehindTombstone
 from cachepatterns_app.patterns.write_behind.model import prune_tombstones
 from cachepatterns_app.registry import row_cache_for
-from tests.support import PATIENCE, Worker, wait_until
+from tests.support import PATIENCE, Worker, session_id, wait_until, waits_for_a_lock
 from tests.testapp.models import Counter
 
 pytestmark = [
@@ -31,27 +31,6 @@ pytestmark = [
         connection.vendor not in ("mysql", "postgresql"), reason="row locks between two connections"
     ),
 ]
-
-
-def waits_for_a_lock(observer: Any, session: int) -> bool:
-    with observer.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", [session]
-            )
-            return cursor.fetchone() is not None
-        cursor.execute("SHOW ENGINE INNODB STATUS")
-        status = cursor.fetchone()[2]
-    return any(
-        f"thread id {session}," in block and "LOCK WAIT" in block
-        for block in status.split("---TRANSACTION ")[1:]
-    )
-
-
-def session_id(conn: Any) -> int:
-    with conn.cursor() as cursor:
-        cursor.execute("SELECT pg_backend_pid()" if conn.vendor == "postgresql" else "SELECT CONNECTION_ID()")
-        return int(cursor.fetchone()[0])
 
 
 def test_a_tombstone_updated_by_a_newer_delete_during_the_prune_is_kept():

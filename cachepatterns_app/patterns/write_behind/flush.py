@@ -23,6 +23,7 @@ after the commit.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import random
 import time
@@ -177,6 +178,12 @@ def _apply_rows(
         started = time.monotonic()
         try:
             applied, stale = _commit(cache, using, rows)
+        except _Raced as e:
+            # Rolled back; the other flush has committed (this one waited for it), so
+            # the next attempt sees its write.
+            logger.info("Write-behind flush of %s raced another flush (%s); applied again", cache.label, e)
+            stats.record("wb_retried", cache.label, len(rows))
+            continue
         except (OperationalError, InterfaceError) as e:
             stats.record("wb_retried", cache.label, len(rows))
             logger.warning(
@@ -246,8 +253,16 @@ def _commit(
             # bumped under the old value too.
             old = list(query)
             seqs = {row.pk: int(getattr(row, SEQ_FIELD, 0) or 0) for row in old}
+        vendor = connections[using].vendor
+        if vendor == "postgresql":
+            _lock_new_rows(
+                using,
+                cache.label,
+                [(texts[pk], entry.deleted) for pk, entry in latest.items() if pk not in seqs],
+            )
         tombs = locked_tombstones(using, cache.label, list(texts.values()))
         creates: list[Model] = []
+        created: list[Any] = []  # their keys
         updates: list[Model] = []
         deletes: list[Any] = []
         for pk, entry in latest.items():
@@ -262,14 +277,21 @@ def _commit(
                 continue
             obj = row_state.decode_state(cache.codec, entry.state, using)
             obj.__dict__[SEQ_FIELD] = entry.seq
-            (updates if pk in seqs else creates).append(obj)
+            if pk in seqs:
+                updates.append(obj)
+            else:
+                creates.append(obj)
+                created.append(pk)
         if deletes:
             # Through the collector: cascades and the delete signals of related rows run
             # as for any delete (this model's own row cache stays quiet: flushing()).
             models.QuerySet(model, using=using).filter(pk__in=deletes).delete()
+        gone: list[Any] = []  # deleted rows the database does not hold
         for pk, entry in latest.items():
             if entry.deleted and (pk, entry.seq) in applied:
                 record_tombstones(cache, using, [pk], entry.seq)
+                if pk not in seqs:
+                    gone.append(pk)
         if not writer.supported:
             _write_with_orm(model, using, creates, updates)
         else:
@@ -277,6 +299,8 @@ def _commit(
                 writer.update(updates)
             if creates:
                 writer.insert(creates)
+        if vendor in ("mysql", "postgresql"):
+            _check_new_rows(cache, using, latest, texts, created, gone)
         if updates or creates:
             # What depends on these rows (families, multi-table relatives) changes now.
             written = [obj.pk for obj in (*updates, *creates)]
@@ -292,6 +316,75 @@ def _commit(
                 )
             )
     return applied, stale
+
+
+class _Raced(Exception):
+    """Another flush wrote a row this batch could not see: roll back and apply the batch again."""
+
+
+def _lock_new_rows(using: str, label: str, rows: list[tuple[str, bool]]) -> None:
+    """
+    PostgreSQL: lock the batch's rows the database does not hold, shared for a create
+    and exclusive for a delete, until the commit (see :func:`_check_new_rows`).
+    """
+    if not rows:
+        return
+    shared = sorted({_lock_key(label, text) for text, deleted in rows if not deleted})
+    exclusive = sorted({_lock_key(label, text) for text, deleted in rows if deleted})
+    with connections[using].cursor() as cursor:
+        for function, keys in (
+            ("pg_advisory_xact_lock", exclusive),
+            ("pg_advisory_xact_lock_shared", shared),
+        ):
+            if keys:
+                # Only one of the two function names above is interpolated.
+                sql = f"SELECT {function}(%s, k) FROM unnest(%s::int[]) AS k"  # noqa: S608
+                cursor.execute(sql, [_LOCK_CLASS, keys])
+
+
+#: The advisory lock space of these locks (the two-integer form; a project's own
+#: advisory locks in it would only ever wait for a flush, never change what it writes).
+_LOCK_CLASS = 0x63700001
+
+
+def _lock_key(label: str, text: str) -> int:
+    digest = hashlib.blake2b(f"{label}\x00{text}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _check_new_rows(
+    cache: WriteBehindRowCache,
+    using: str,
+    latest: dict[Any, Entry],
+    texts: dict[Any, str],
+    created: list[Any],
+    gone: list[Any],
+) -> None:
+    """
+    Raise :class:`_Raced` if a concurrent flush wrote one of the batch's new rows meanwhile.
+
+    A row the database does not hold has no row lock to wait for: a flush with its queued
+    create and another with its (newer) queued delete can run at once, each find nothing,
+    and the delete's flush record a tombstone while the create's flush inserts the row,
+    which would then outlive its delete. So each side checks, after its own write, for the
+    other's:
+
+    - MySQL/MariaDB: a locking read waits for a row (or tombstone) another transaction
+      inserted and has not committed, so the create's flush reads the tombstones of what
+      it inserted, and the delete's flush reads the rows it found missing. Whichever
+      writes first is seen by the other, which rolls back and applies its batch again
+      (then skipping the create as stale, or deleting the row).
+    - PostgreSQL: a locking read does not see another transaction's uncommitted insert;
+      the advisory locks of :func:`_lock_new_rows` order the two flushes instead, so
+      the delete's flush, once it holds its lock, sees any create committed before.
+    """
+    model = cache.model
+    if gone and models.QuerySet(model, using=using).filter(pk__in=gone).select_for_update().exists():
+        raise _Raced(f"a concurrent flush created a row of {cache.label} this batch deletes")
+    if created and connections[using].vendor == "mysql":
+        found = locked_tombstones(using, cache.label, [texts[pk] for pk in created])
+        if any(found.get(texts[pk], 0) >= latest[pk].seq for pk in created):
+            raise _Raced(f"a concurrent flush deleted a row of {cache.label} this batch creates")
 
 
 def _families_watch(model: type[Model]) -> bool:

@@ -224,12 +224,14 @@ class RowWriter:
     def _upsert_sql(self, rows: list[list[str]]) -> str:
         """MySQL/MariaDB: the guarded ``ON DUPLICATE KEY UPDATE`` of the module's docstring."""
         connection = connections[self.using]
-        if not connection.mysql_is_mariadb and connection.mysql_version >= (8, 0, 19):
-            # MySQL deprecates VALUES() here (8.0.20) for an alias of the new row;
-            # MariaDB has no such alias and keeps VALUES() for this clause.
-            alias, new = " AS new", lambda c: f"new.{c}"
-        else:
-            alias, new = "", lambda c: f"VALUES({c})"
+        # MySQL deprecates VALUES() here (8.0.20) for an alias of the new row; MariaDB
+        # has no such alias and keeps VALUES() for this clause.
+        aliased = not connection.mysql_is_mariadb and connection.mysql_version >= (8, 0, 19)
+        alias = " AS new" if aliased else ""
+
+        def new(column: str) -> str:
+            return f"new.{column}" if aliased else f"VALUES({column})"
+
         table, pk, seq = self.table, self.pk_column, self.seq_column
         mine = f"{table}.{pk} = {new(pk)}"
         guard = f"{mine} AND {table}.{seq} < {new(seq)}"

@@ -1,0 +1,109 @@
+"""
+The queued create and the queued delete of a row the database never held, read by two
+flushes running at the same time (different batches, different workers): issue 10's
+"an older state never wins".
+
+Neither flush finds the row, so there is no row lock to order them: the delete's flush
+has nothing to delete and records a tombstone, the create's flush looked for tombstones
+before that one existed and inserts the row. Without the checks of
+``flush._check_new_rows`` both committed, and the database kept a row whose latest
+write was its delete (this test failed so before they were written).
+
+The interleaving is driven, not hoped for: one flush is held right after its tombstone
+lookup while the other runs until it commits or waits for a lock the held one has (seen
+in the server), in both orders. Rows the database holds are safe without this (both
+flushes lock them), and so are two creates (the second insert fails on the key).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection, connections, models
+
+from cachepatterns_app.patterns.write_behind import flush as flush_module
+from cachepatterns_app.patterns.write_behind.flush import flush_model
+from cachepatterns_app.registry import row_cache_for
+from tests.support import PATIENCE, Worker, session_id, wait_until, waits_for_a_lock
+from tests.testapp.models import Counter
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        connection.vendor not in ("mysql", "postgresql"), reason="two concurrent transactions"
+    ),
+]
+
+
+@pytest.mark.parametrize("held", ["create", "delete"])
+def test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, settings, monkeypatch):
+    settings.CACHEPATTERNS = {**settings.CACHEPATTERNS, "WRITE_BEHIND": {"BATCH_SIZE": 1}}
+    row = Counter(name="short-lived")
+    row.save()  # queued create
+    row.delete()  # queued delete: the database never held the row
+    cache = row_cache_for(Counter)
+    queue = cache.queue("default")
+    assert queue.length() == 2
+
+    looked_up, resume = threading.Event(), threading.Event()
+    real_lookup = flush_module.locked_tombstones
+
+    def lookup(*args: Any, **kwargs: Any) -> dict[str, int]:
+        found = real_lookup(*args, **kwargs)
+        if threading.current_thread().name == "held" and not looked_up.is_set():
+            looked_up.set()
+            assert resume.wait(PATIENCE), "the other flush never finished nor waited"
+        return found
+
+    monkeypatch.setattr(flush_module, "locked_tombstones", lookup)
+
+    def flush_one(consumer: str) -> Any:
+        return flush_model(cache, "default", consumer=consumer, max_batches=1)
+
+    sessions: list[int] = []
+
+    def flush_other() -> Any:
+        sessions.append(session_id(connections["default"]))
+        return flush_one("other-worker")
+
+    # The create is the older entry: the first flush to read the queue gets it.
+    first = Worker(lambda: flush_one("first-worker"), name="held" if held == "create" else "first")
+    observer = connections.create_connection("default")
+    try:
+        if held == "create":
+            first.start()
+            assert looked_up.wait(PATIENCE), "the create's flush never reached its tombstone lookup"
+            other = Worker(flush_other, name="other")
+            other.start()
+        else:
+            # The create is read (and held back from the database) by a consumer that
+            # waits, so that the held flush reads the delete.
+            entries = queue.read_new("first-worker", 1)
+            assert [e.deleted for e in entries] == [False]
+            held_flush = Worker(lambda: flush_one("held-worker"), name="held")
+            held_flush.start()
+            assert looked_up.wait(PATIENCE), "the delete's flush never reached its tombstone lookup"
+            other = Worker(lambda: _apply(cache, queue, entries, sessions), name="other")
+            other.start()
+            first = held_flush
+        assert wait_until(lambda: sessions), "the other flush never connected"
+        assert wait_until(lambda: not other.is_alive() or waits_for_a_lock(observer, sessions[0])), (
+            "the other flush neither finished nor waited for a lock"
+        )
+    finally:
+        resume.set()
+        observer.close()
+    first.result(PATIENCE)
+    other.result(PATIENCE)
+    while flush_model(cache, "default").entries:
+        pass
+    assert queue.length() == 0
+    assert not models.QuerySet(Counter).filter(pk=row.pk).exists()
+
+
+def _apply(cache: Any, queue: Any, entries: list[Any], sessions: list[int]) -> Any:
+    """Flush ``entries`` (already delivered to this consumer) as a flush would."""
+    sessions.append(session_id(connections["default"]))
+    return flush_module._apply_entries(cache, "default", queue, entries)
