@@ -223,7 +223,7 @@ class RowWriter:
 
     def _upsert_sql(self, rows: list[list[str]]) -> str:
         """MySQL/MariaDB: the guarded ``ON DUPLICATE KEY UPDATE`` of the module's docstring."""
-        connection = connections[self.using]
+        connection: Any = connections[self.using]
         # MySQL deprecates VALUES() here (8.0.20) for an alias of the new row; MariaDB
         # has no such alias and keeps VALUES() for this clause.
         aliased = not connection.mysql_is_mariadb and connection.mysql_version >= (8, 0, 19)
