@@ -5,7 +5,8 @@
 -- ARGV[1] max pending, ARGV[2] fingerprint, ARGV[3] column, ARGV[4] amount.
 -- Returns {seq, queue length, entry id, new value}; {-1, length} over the limit;
 -- {0} the row is not in Redis (load it first); {-2} deleted; {-3, error} the column
--- does not hold an integer (NULL, or not an integer column); {-4} already added.
+-- cannot take it (NULL, not an integer, or the sum would overflow); {-4} already added;
+-- {-5, error} Redis refused the write (OOM at maxmemory): nothing was changed.
 if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
   return {-4}
 end
@@ -23,8 +24,12 @@ end
 if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 0 then
   return {-3, 'no such column'}
 end
+-- The script's first write: whatever it refuses, nothing has changed yet.
 local value = redis.pcall('HINCRBY', KEYS[1], ARGV[3], ARGV[4])
 if type(value) == 'table' then
+  if string.find(value.err, 'OOM command', 1, true) then
+    return {-5, value.err}
+  end
   return {-3, value.err}
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then

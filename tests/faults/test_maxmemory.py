@@ -126,3 +126,59 @@ def test_a_save_on_a_full_redis_is_all_or_nothing(full, on_failure, record):
         app_keys_deleted=len(removed),
         db_after_flush=flushed,
     )
+
+
+@pytest.mark.parametrize("on_failure", ["raise", "sync"])
+def test_an_incr_on_a_full_redis_is_refused_or_recorded_never_misreported(full, on_failure, record):
+    """
+    Fault: the private Redis is past maxmemory with noeviction when ``incr()`` runs on a
+    row with an increment already queued.
+    Expected: Redis refuses the script's first write, so nothing was added: with "raise",
+    a WriteBehindError naming maxmemory (not "the column does not hold an integer", which
+    it said before); with "sync", the increment is recorded in the database like one made
+    while Redis is down. Once maxmemory is lifted, a flush leaves the exact total.
+    Observed: raise: WriteBehindError naming maxmemory, the flush wrote 3 (1 + the queued 2);
+    sync: incr() returned 6 (the column and the record), one record of 5, the flush wrote 8
+    and deleted the record.
+    """
+    from cachepatterns_app.models import WriteBehindIncrement
+
+    with policy(on_failure):
+        row = Counter(name="counted", views=1)
+        row.save(sync=True)
+        Counter.objects.incr(row.pk, "views", 2)  # queued: 3 in Redis
+        reach_maxmemory(full)
+        if on_failure == "raise":
+            with pytest.raises(WriteBehindError, match="maxmemory") as raised:
+                Counter.objects.incr(row.pk, "views", 5)
+            assert "integer" not in str(raised.value), raised.value
+            expected = 3
+        else:
+            assert Counter.objects.incr(row.pk, "views", 5) == 6  # the column (1) + recorded (5)
+            assert list(models.QuerySet(WriteBehindIncrement).values_list("amount", flat=True)) == [5]
+            expected = 8
+        full.client.config_set("maxmemory", 0)
+        flush_write_behind(Counter)
+        views = models.QuerySet(Counter).get(pk=row.pk).views
+    assert views == expected
+    assert not models.QuerySet(WriteBehindIncrement).exists()
+    record(on_failure=on_failure, db_after_flush=views)
+
+
+def test_a_recorded_increment_replayed_into_a_full_redis_waits(full):
+    """
+    Fault: Redis is at maxmemory when an increment recorded during an outage is replayed.
+    Expected: the replay reports "wait" (the record is kept for the next flush); it said
+    "dropped" before, and the flush deleted the record: an acknowledged increment lost.
+    Observed: "wait" while full, "added" once memory is back, "done" when replayed again.
+    """
+    cache = row_cache_for(Counter)
+    row = Counter(name="replayed", views=1)
+    row.save(sync=True)
+    Counter.objects.incr(row.pk, "views", 1)  # the row is in Redis
+    reach_maxmemory(full)
+    mark = (cache.wb_keys("default").increment("test-token"), 60_000)
+    assert cache.replay_increment("default", row.pk, "views", 4, mark) == "wait"
+    full.client.config_set("maxmemory", 0)
+    assert cache.replay_increment("default", row.pk, "views", 4, mark) == "added"
+    assert cache.replay_increment("default", row.pk, "views", 4, mark) == "done"

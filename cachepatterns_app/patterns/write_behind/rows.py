@@ -316,10 +316,15 @@ class WriteBehindRowCache(RowCache):
             reply = self._incr_in_redis(db, pk, field.attname, amount)
         except CacheUnavailable as e:
             return self._incr_without_redis(db, pk, field, amount, e)
+        if reply[0] == -5:
+            # Refused before it changed anything (maxmemory): as unsent as a refused connection.
+            refused = CacheUnavailable(f"Redis refused the increment: {_reply_text(reply[1])}", unsent=True)
+            return self._incr_without_redis(db, pk, field, amount, refused)
         if reply[0] == -3:
             raise WriteBehindError(
-                f"{self.label}.incr({pk!r}, {field_name!r}): the column does not hold an integer "
-                f"({reply[1] if len(reply) > 1 else 'NULL'}). Set it with save() first."
+                f"{self.label}.incr({pk!r}, {field_name!r}): Redis cannot add to the column "
+                f"({_reply_text(reply[1]) if len(reply) > 1 else 'NULL'}); nothing was added. If it is NULL, "
+                "set it with save() first."
             )
         self._accepted(reply, db, None, "incr", pk=pk, field=field, amount=amount)
         return int(reply[3])
@@ -448,8 +453,8 @@ class WriteBehindRowCache(RowCache):
             return "added"
         if code == -4:
             return "done"
-        if code == -1:
-            return "wait"
+        if code in (-1, -5):
+            return "wait"  # the queue is full, or Redis is at maxmemory: later
         if code == 0:
             # The row in Redis has another layout (a previous deploy's dirty row) or left
             # again: the flush of that write settles it; the record waits until then.
@@ -583,6 +588,11 @@ class WriteBehindRowCache(RowCache):
 
 
 _UNAVAILABLE = -1
+
+
+def _reply_text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
 
 _vendors: dict[str, tuple[Any, str]] = {}
 
