@@ -49,7 +49,12 @@ from cachepatterns_app.changes import UPDATE, RowChange
 from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
 from cachepatterns_app.leases import ttl_ms
 from cachepatterns_app.patterns.write_behind import state as row_state
-from cachepatterns_app.patterns.write_behind.model import _pk_text, apply_repairs, record_tombstones
+from cachepatterns_app.patterns.write_behind.model import (
+    _pk_text,
+    apply_repairs,
+    fences_pending,
+    record_tombstones,
+)
 from cachepatterns_app.patterns.write_behind.queue import Entry, Queue, consumer_name
 from cachepatterns_app.patterns.write_behind.rows import SEQ_FIELD, WriteBehindRowCache, flushing
 from cachepatterns_app.patterns.write_behind.sql import locked_tombstones, writer_for
@@ -178,6 +183,10 @@ def _apply_rows(
         started = time.monotonic()
         try:
             applied, stale = _commit(cache, using, rows)
+        except _FencesPending:
+            if not apply_repairs(cache, using, wait=False):
+                break  # another flush applies them: this batch waits for a later flush
+            continue
         except _Raced as e:
             # Rolled back; the other flush has committed (this one waited for it), so
             # the next attempt sees its write.
@@ -253,6 +262,13 @@ def _commit(
             # bumped under the old value too.
             old = list(query)
             seqs = {row.pk: int(getattr(row, SEQ_FIELD, 0) or 0) for row in old}
+        if fences_pending(cache, using):
+            # A direct write made while Redis was unreachable (a process whose breaker is
+            # still open, say) after this flush applied its repairs: its fence must come
+            # first, or a write queued before it would overwrite it. Asked with the rows
+            # locked, so a direct write committed before is seen with its fence (recorded
+            # in its transaction, or just after it).
+            raise _FencesPending
         vendor = connections[using].vendor
         if vendor == "postgresql":
             _lock_new_rows(
@@ -320,6 +336,10 @@ def _commit(
 
 class _Raced(Exception):
     """Another flush wrote a row this batch could not see: roll back and apply the batch again."""
+
+
+class _FencesPending(Exception):
+    """A fence was recorded after this flush's repairs: apply the repairs, then the batch again."""
 
 
 def _lock_new_rows(using: str, label: str, rows: list[tuple[str, bool]]) -> None:

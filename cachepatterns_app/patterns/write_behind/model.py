@@ -133,8 +133,12 @@ def sync_write(instance: Model, op: str, db: str, *, fenced: bool, **kwargs: Any
         return
     if seq is not None:
         instance.wb_seq = seq  # type: ignore[attr-defined]
-    models.Model.save(instance, using=db, **kwargs)
-    if seq is None:
+        models.Model.save(instance, using=db, **kwargs)
+        return
+    # The fence in the write's own transaction (where both share a database): a flush
+    # that sees the write sees its fence, and applies it before any queued write.
+    with transaction.atomic(using=db):
+        models.Model.save(instance, using=db, **kwargs)
         fence_later(cache, db, [instance.pk])
 
 
@@ -205,17 +209,20 @@ def fence_later(cache: Any, using: str, pks: Iterable[Any]) -> None:
     where = router.db_for_write(WriteBehindFence)
     query: Any = models.QuerySet(WriteBehindFence, using=where)
     try:
-        # A row written directly again keeps one fence, with the time of its latest write:
-        # the writes queued before that time lose to it, those queued after win.
-        if connections[where].features.supports_update_conflicts_with_target:
-            query.bulk_create(
-                rows,
-                update_conflicts=True,
-                unique_fields=["label", "db_alias", "pk_text"],
-                update_fields=["created"],
-            )
-        else:
-            query.bulk_create(rows, update_conflicts=True, update_fields=["created"])
+        # A savepoint: a fence that cannot be recorded must not undo the direct write of
+        # the transaction it is recorded in.
+        with transaction.atomic(using=where):
+            # A row written directly again keeps one fence, with the time of its latest
+            # write: the writes queued before that time lose to it, those queued after win.
+            if connections[where].features.supports_update_conflicts_with_target:
+                query.bulk_create(
+                    rows,
+                    update_conflicts=True,
+                    unique_fields=["label", "db_alias", "pk_text"],
+                    update_fields=["created"],
+                )
+            else:
+                query.bulk_create(rows, update_conflicts=True, update_fields=["created"])
     except DatabaseError as e:
         logger.error("Could not record write-behind fences for %s: %s", cache.label, e)
 
@@ -263,6 +270,14 @@ def repairs_pending(cache: Any, using: str) -> tuple[bool, bool]:
         cursor.execute(f"SELECT {', '.join(tests)}", [cache.label, using] * 2)
         fences, increments = cursor.fetchone()
     return bool(fences), bool(increments)
+
+
+def fences_pending(cache: Any, using: str) -> bool:
+    """Whether a direct write made while Redis was unreachable waits to be fenced (one indexed probe)."""
+    from cachepatterns_app.models import WriteBehindFence
+
+    recorded: Any = models.QuerySet(WriteBehindFence, using=router.db_for_write(WriteBehindFence))
+    return bool(recorded.filter(label=cache.label, db_alias=using).exists())
 
 
 def record_increment(cache: Any, db: str, pk: Any, field: Any, amount: int) -> int:

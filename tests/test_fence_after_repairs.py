@@ -1,0 +1,75 @@
+"""
+A direct write made while Redis is unreachable *after* a flush applied its repairs
+(issue 10, "an older state never wins"): a process whose circuit breaker is still open
+saves or deletes a row directly (fenced for the next flush) while another process's
+flush, with Redis reachable, is between its repairs and its batch, and that batch holds
+a write of the row queued *before* the direct one.
+
+Before, the flush applied the older queued write over the direct one (or brought the
+deleted row back), and the fence came too late. Now the flush asks for fences with its
+rows locked and applies them first. The interleaving is driven: the direct write runs
+right after the flush's repairs, in the flush's own thread; "unreachable" is the
+sequence Redis cannot draw for it (the fallback's real path, which fences the row).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import models
+
+from cachepatterns_app.exceptions import CacheUnavailable
+from cachepatterns_app.models import WriteBehindFence
+from cachepatterns_app.patterns.write_behind import flush as flush_module
+from cachepatterns_app.patterns.write_behind.flush import flush_model
+from cachepatterns_app.registry import row_cache_for
+from tests.testapp.models import Counter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def unreachable(*args: Any, **kwargs: Any) -> int:
+    raise CacheUnavailable("Redis is unreachable (the test's breaker is open)", unsent=True)
+
+
+@pytest.mark.parametrize("direct", ["save", "delete"])
+def test_a_direct_write_fenced_after_the_flushs_repairs_is_not_overwritten(direct, monkeypatch):
+    cache = row_cache_for(Counter)
+    row = Counter(name="first", views=1)
+    row.save(sync=True)
+    queued = Counter.objects.get(pk=row.pk)
+    queued.name, queued.views = "queued before the direct write", 2
+    queued.save()
+
+    real_repairs = flush_module.apply_repairs
+    wrote: list[str] = []
+
+    def repairs_then_a_direct_write(*args: Any, **kwargs: Any) -> bool:
+        done = real_repairs(*args, **kwargs)
+        if not wrote:
+            wrote.append(direct)
+            with monkeypatch.context() as down:
+                down.setattr(cache, "next_seq", unreachable)
+                other = models.QuerySet(Counter).get(pk=row.pk)  # the other process's copy
+                if direct == "save":
+                    other.name, other.views = "direct", 9
+                    other.save(sync=True)
+                else:
+                    other.delete(sync=True)
+            assert models.QuerySet(WriteBehindFence).filter(label=cache.label).exists()
+        return done
+
+    monkeypatch.setattr(flush_module, "apply_repairs", repairs_then_a_direct_write)
+    result = flush_model(cache, "default")
+    assert wrote == [direct]
+    assert (result.rows, result.stale) == (0, 1)  # the queued write lost to the direct one
+    stored = models.QuerySet(Counter).filter(pk=row.pk).values_list("name", "views").first()
+    assert stored == (("direct", 9) if direct == "save" else None)
+    assert not models.QuerySet(WriteBehindFence).exists()
+    # Reads agree with the database: Redis no longer holds the older queued state.
+    if direct == "save":
+        assert (Counter.objects.get(pk=row.pk).name, Counter.objects.get(pk=row.pk).views) == ("direct", 9)
+    else:
+        with pytest.raises(Counter.DoesNotExist):
+            Counter.objects.get(pk=row.pk)
