@@ -142,9 +142,12 @@ class InvalidatingQuerySet(models.QuerySet[M]):
             return created
         match = _conflict_target(self.model, objs, kwargs) if kwargs.get("update_conflicts") else None
         if match is None:
-            created = super().bulk_create(objs, *args, **kwargs)
-            pks = [obj.pk for obj in created if obj.pk is not None]
-            record(RowChange(self.model, db, pks, UPDATE, new=fresh_rows(self.model, db, created, None)))
+            # One transaction: what record() writes to the database (a write-behind fence
+            # while Redis is unreachable) commits with the rows, never just after them.
+            with transaction.atomic(using=db, savepoint=False):
+                created = super().bulk_create(objs, *args, **kwargs)
+                pks = [obj.pk for obj in created if obj.pk is not None]
+                record(RowChange(self.model, db, pks, UPDATE, new=fresh_rows(self.model, db, created, None)))
             return created
         # An upsert rewrites existing rows, whose primary keys the database may not
         # return: find the rows by the conflict target, before (old owners) and after.

@@ -73,3 +73,40 @@ def test_a_direct_write_fenced_after_the_flushs_repairs_is_not_overwritten(direc
     else:
         with pytest.raises(Counter.DoesNotExist):
             Counter.objects.get(pk=row.pk)
+
+
+@pytest.mark.parametrize("write", ["save", "bulk_create"])
+def test_a_direct_write_records_its_fence_in_its_own_transaction(write, monkeypatch):
+    """Outside any transaction of the caller's: the fence commits with the row, never just after it."""
+    from django.db import connection
+
+    from cachepatterns_app.patterns.write_behind import model as model_module
+
+    cache = row_cache_for(Counter)
+    real_fence = model_module.fence_later
+    inside: list[bool] = []
+
+    def fence_later(*args: Any, **kwargs: Any) -> None:
+        inside.append(connection.in_atomic_block)
+        real_fence(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "fence_later", fence_later)
+    monkeypatch.setattr(cache, "next_seq", unreachable)
+    assert not connection.in_atomic_block
+    if write == "save":
+        Counter(name="direct").save(sync=True)
+    else:
+        Counter.objects.bulk_create([Counter(name="bulk")])
+    assert inside == [True]
+    assert models.QuerySet(WriteBehindFence).filter(label=cache.label).count() == 1
+
+
+def test_a_fence_that_cannot_be_recorded_does_not_undo_the_direct_write(monkeypatch, caplog):
+    """The fence's insert fails in the database (here: its table is missing): the save still commits."""
+    cache = row_cache_for(Counter)
+    monkeypatch.setattr(cache, "next_seq", unreachable)
+    monkeypatch.setattr(WriteBehindFence._meta, "db_table", "cachepatterns_no_such_table")
+    row = Counter(name="direct")
+    row.save(sync=True)
+    assert models.QuerySet(Counter).filter(pk=row.pk, name="direct").exists()
+    assert "Could not record write-behind fences" in caplog.text
