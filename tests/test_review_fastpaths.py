@@ -85,3 +85,36 @@ def test_an_argument_redis_py_cannot_pack_is_still_a_redis_error(monkeypatch):
     with pytest.raises(CacheUnavailable, match="refused a command"):
         cache_store.script("review_echo", [], [None])
     assert cache_store.script("review_echo", [], ["still usable"]) == b"still usable"
+
+
+class _Shouting(models.UUIDField):  # type: ignore[type-arg]
+    """A project's key field with its own text form."""
+
+    def value_to_string(self, obj: Any) -> str:
+        return super().value_to_string(obj).upper()
+
+
+@isolate_apps("tests.testapp")
+def test_a_key_text_is_the_fields_own_text_form(forget):
+    # Tombstones, fences and recorded increments are found by this text: the fast path
+    # (str(pk)) must give what value_to_string() gives, and a field with its own form keeps it.
+    import uuid
+
+    from cachepatterns_app import WriteBehindManager
+    from cachepatterns_app.patterns.write_behind.model import WriteBehindModel, _Holder, _pk_text
+    from tests.testapp.models import Counter, Tally, Visit
+
+    class Loud(WriteBehindModel):
+        id = _Shouting(primary_key=True, default=uuid.uuid4)
+        objects = WriteBehindManager()
+
+        class Meta:
+            app_label = "testapp"
+
+    forget.append(Loud)
+    key = uuid.uuid4()
+    for model, pk in ((Counter, key), (Tally, "k ü"), (Visit, 42), (Loud, key)):
+        cache = row_cache_for(model)
+        expected = cache.pk_field.value_to_string(_Holder(cache.pk_attname, pk))
+        assert _pk_text(cache, pk) == expected, model
+    assert _pk_text(row_cache_for(Loud), key) == str(key).upper()

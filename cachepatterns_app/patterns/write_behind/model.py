@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import DatabaseError, connections, models, router, transaction
-from django.db.models import F, Max, Model, Sum, Value
+from django.db.models import F, Field, Max, Model, Sum, Value
 from django.db.models.functions import Greatest
 
 from cachepatterns_app.exceptions import CacheUnavailable, ConfigurationError, WriteBehindError
@@ -193,7 +193,21 @@ def prune_tombstones(cache: Any, using: str) -> int:
 
 
 def _pk_text(cache: Any, pk: Any) -> str:
-    return str(cache.pk_field.value_to_string(_Holder(cache.pk_attname, pk)))
+    field = cache.pk_field
+    plain = _plain_text.get(type(field))
+    if plain is None:
+        cls = type(field)
+        # Field.value_to_string is str(getattr(obj, attname)): where a class keeps it
+        # (Django's key fields do), the text is str(pk) without the holder object.
+        plain = _plain_text[cls] = (
+            cls.value_to_string is Field.value_to_string and cls.value_from_object is Field.value_from_object
+        )
+    if plain:
+        return str(pk)
+    return str(field.value_to_string(_Holder(cache.pk_attname, pk)))
+
+
+_plain_text: dict[type, bool] = {}
 
 
 class _Holder:
