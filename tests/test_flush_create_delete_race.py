@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 import pytest
-from django.db import connection, connections, models
+from django.db import connection, connections, models, transaction
 
 from cachepatterns_app.patterns.write_behind import flush as flush_module
 from cachepatterns_app.patterns.write_behind.flush import flush_model
@@ -80,6 +80,7 @@ def test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, set
         else:
             # The create is read (and held back from the database) by a consumer that
             # waits, so that the held flush reads the delete.
+            queue.ensure_group()
             entries = queue.read_new("first-worker", 1)
             assert [e.deleted for e in entries] == [False]
             held_flush = Worker(lambda: flush_one("held-worker"), name="held")
@@ -107,3 +108,37 @@ def _apply(cache: Any, queue: Any, entries: list[Any], sessions: list[int]) -> A
     """Flush ``entries`` (already delivered to this consumer) as a flush would."""
     sessions.append(session_id(connections["default"]))
     return flush_module._apply_entries(cache, "default", queue, entries)
+
+
+@pytest.fixture(params=["repeatable read", "serializable"])
+def isolation(request, monkeypatch):
+    """Every connection of the test (the threads' too: they share the settings) at this level."""
+    name = request.param
+    if connection.vendor == "postgresql":
+        from django.db.backends.postgresql.psycopg_any import IsolationLevel
+
+        level: Any = IsolationLevel[name.upper().replace(" ", "_")]
+    else:
+        level = name
+    monkeypatch.setitem(connections["default"].settings_dict["OPTIONS"], "isolation_level", level)
+    connections["default"].close()  # reopened at that level
+    try:
+        yield name
+    finally:
+        connections["default"].close()  # the next test's connection at the default level again
+
+
+@pytest.mark.parametrize("held", ["create", "delete"])
+def test_the_race_is_closed_at_every_isolation_level(held, isolation, settings, monkeypatch):
+    """
+    A review's scenario: at REPEATABLE READ a PostgreSQL transaction keeps the snapshot of
+    its first statement, which hid the other flush's commit from the new-row checks; the
+    flush's own transaction now reads committed. MariaDB's locking reads are current reads.
+    """
+    # In a transaction: psycopg sets the level on the transactions it begins.
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "SHOW transaction_isolation" if connection.vendor == "postgresql" else "SELECT @@tx_isolation"
+        )
+        assert cursor.fetchone()[0].lower().replace("-", " ") == isolation
+    test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, settings, monkeypatch)

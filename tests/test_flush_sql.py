@@ -32,6 +32,9 @@ from tests.testapp.models import Author, Counter, Journal, Tally
 pytestmark = pytest.mark.django_db(transaction=True)
 
 COLUMNS = [f.attname for f in Journal._meta.concrete_fields]
+#: What the update raises when it changed fewer rows than it was given: on MySQL/MariaDB
+#: (ON DUPLICATE KEY UPDATE) a data error, which the flush splits; elsewhere a retry.
+MISMATCH = IntegrityError if connection.vendor == "mysql" else OperationalError
 
 
 def flush(model: type[models.Model]) -> Any:
@@ -221,7 +224,7 @@ def test_the_update_statement_refuses_a_state_older_than_the_row():
     older.views, older.wb_seq = 99, 50
     writer = sql.writer_for(Counter, "default", "wb_seq")
     assert writer.supported, writer.reason
-    with pytest.raises(OperationalError, match="0 of 1 rows updated"), transaction.atomic():
+    with pytest.raises(MISMATCH, match="0 of 1 rows updated"), transaction.atomic():
         writer.update([older])
     stored = in_db(Counter, counter.pk)
     assert (stored.views, stored.wb_seq) == (5, 100)
@@ -255,7 +258,7 @@ def test_the_update_statement_does_not_insert_a_row_that_is_not_there():
     writer = sql.writer_for(Counter, "default", "wb_seq")
     ghost = Counter(name="never created", views=3, wb_seq=7, touched=timezone.now())
     ghost.pk = uuid.uuid4()
-    with pytest.raises(OperationalError, match="0 of 1 rows updated"), transaction.atomic():
+    with pytest.raises(MISMATCH, match="0 of 1 rows updated"), transaction.atomic():
         writer.update([ghost])
     assert in_db(Counter, ghost.pk) is None
 
@@ -316,3 +319,99 @@ def test_what_the_statements_do_not_cover_is_named():
     writer = sql.writer_for(Counter, "default", "wb_seq")
     assert writer.supported, writer.reason
     assert uuid.UUID(str(Counter().pk))  # a key known before insert: the fast path's premise
+
+
+@pytest.fixture
+def fresh_writers() -> Iterator[None]:
+    """Writers built after the test changed the table (they check it once, when built)."""
+    sql._writers.clear()
+    try:
+        yield
+    finally:
+        sql._writers.clear()
+
+
+@pytest.mark.skipif(connection.vendor != "mysql", reason="ON DUPLICATE KEY UPDATE and its triggers")
+def test_an_insert_trigger_does_not_rewrite_a_flushed_update(fresh_writers):
+    """
+    A review's scenario: ``VALUES(c)`` is the row after a ``BEFORE INSERT`` trigger, so
+    ``ON DUPLICATE KEY UPDATE`` let an insert-only rule rewrite every flushed update. A
+    table with such a trigger is updated with ``UPDATE … JOIN``, which runs none.
+    """
+    with connection.cursor() as cursor:
+        # "A new counter starts with no likes": an insert-only rule.
+        cursor.execute(
+            "CREATE TRIGGER cp_test_counter_bi BEFORE INSERT ON testapp_counter "
+            "FOR EACH ROW SET NEW.likes = 0"
+        )
+    try:
+        sql._writers.clear()
+        counter = Counter(name="liked", likes=0)
+        counter.save(sync=True)
+        counter.likes, counter.views = 5, 7
+        counter.save()
+        with CaptureQueriesContext(connection) as ctx:
+            assert flush(Counter).rows == 1
+        assert any(q["sql"].startswith("UPDATE") and " JOIN " in q["sql"] for q in ctx.captured_queries)
+        stored = in_db(Counter, counter.pk)
+        assert (stored.views, stored.likes) == (7, 5)
+        fresh = Counter(name="new", likes=3)
+        fresh.save()
+        flush(Counter)
+        assert in_db(Counter, fresh.pk).likes == 0  # an insert still runs it
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER cp_test_counter_bi")
+
+
+@pytest.fixture(params=["read committed", "repeatable read"])
+def hashed_label(request, monkeypatch, fresh_writers):
+    """Tally's unique label as the long unique key MariaDB builds for a wide column (``USING HASH``)."""
+    if connection.vendor != "mysql" or not connection.mysql_is_mariadb:
+        pytest.skip("MariaDB long unique keys")
+    monkeypatch.setitem(connection.settings_dict["OPTIONS"], "isolation_level", request.param)
+    connection.close()
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW INDEX FROM testapp_tally WHERE Column_name = 'label' AND Non_unique = 0")
+        name = cursor.fetchone()[2]
+        cursor.execute(
+            f"ALTER TABLE testapp_tally DROP INDEX `{name}`, ADD UNIQUE KEY `{name}` (label) USING HASH"
+        )
+    sql._writers.clear()
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE testapp_tally DROP INDEX `{name}`, ADD UNIQUE KEY `{name}` (label)")
+        connection.close()
+
+
+def test_a_colliding_update_on_a_hash_checked_unique_column_fails_alone(hashed_label):
+    """
+    A review's scenario: MariaDB checks a long unique key in the server, and at REPEATABLE
+    READ ``ON DUPLICATE KEY UPDATE`` matched the row holding the colliding value; the guard
+    left it alone, but the batch was retried as if the database were down, never split. Such
+    a table is updated with ``UPDATE … JOIN``; the colliding write fails alone.
+    """
+    for key, label in (("a", "alpha"), ("b", "beta"), ("c", "gamma")):
+        Tally(key=key, label=label, total=1).save(sync=True)
+    before_b = models.QuerySet(Tally).values().get(pk="b")
+    Tally(key="a", label="beta", total=50).save()  # beta is b's
+    Tally(key="c", label="gamma", total=70).save()
+    Tally(key="d", label="delta", total=90).save()
+    result = flush(Tally)
+    assert models.QuerySet(Tally).values().get(pk="b") == before_b
+    assert (result.rows, result.failed, result.left) == (2, 1, 0)
+    assert (in_db(Tally, "c").total, in_db(Tally, "d").total) == (70, 90)
+
+
+@pytest.mark.skipif(connection.vendor != "mysql", reason="ON DUPLICATE KEY UPDATE")
+def test_an_upsert_that_matched_another_row_is_a_data_error_so_the_write_is_isolated(monkeypatch):
+    """Should another unique index match first anyway, the batch is split, not retried (DB down)."""
+    for key, label in (("a", "alpha"), ("b", "beta")):
+        Tally(key=key, label=label, total=1).save(sync=True)
+    writer = sql.writer_for(Tally, "default", "wb_seq")
+    assert writer.update_kind == "upsert"
+    missing = Tally(key="gone", label="beta", total=99, wb_seq=10**12)
+    with pytest.raises(IntegrityError, match="matched another row"), transaction.atomic():
+        writer.update([missing])

@@ -245,7 +245,15 @@ def _commit(
     texts = {pk: _pk_text(cache, pk) for pk in latest}
     applied: list[tuple[Any, int]] = []
     stale: list[tuple[Any, int]] = []
+    outermost = not connections[using].in_atomic_block
     with transaction.atomic(using=using), flushing():
+        if outermost and connections[using].vendor == "postgresql":
+            # The new-row checks (_check_new_rows) need each statement's own snapshot, taken
+            # after the advisory locks: at REPEATABLE READ the first statement's would hide
+            # the other flush's commit. So the flush's own transaction reads committed,
+            # whatever the connection's level (a transaction of the caller's is left alone).
+            with connections[using].cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         writer = writer_for(model, using, SEQ_FIELD)
         old: list[Model] = []
         found = None
@@ -312,7 +320,10 @@ def _commit(
             _write_with_orm(model, using, creates, updates)
         else:
             if updates:
-                writer.update(updates)
+                if writer.update_kind == "orm":
+                    _write_with_orm(model, using, [], updates)
+                else:
+                    writer.update(updates)
             if creates:
                 writer.insert(creates)
         if vendor in ("mysql", "postgresql"):

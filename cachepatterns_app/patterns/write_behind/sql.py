@@ -29,13 +29,20 @@ The statements, per vendor:
   - should another index ever match first, the ``pk =`` guard leaves the matched row as
     it was, and the affected-row count (2 per updated row) rolls the batch back.
 
-  It measured about 25 % less server time per row than the ``UPDATE … JOIN (SELECT …
-  UNION ALL SELECT …)`` it replaced (which joined a derived table of the batch), and it
-  has no join, so no collation of the key column can make it fail. Two costs of the
-  form, for the docs: a ``BEFORE INSERT`` trigger on the table fires for these
-  updates too, and on MySQL with ``binlog_format=STATEMENT`` such a statement on a
-  table with several unique indexes is logged with an "unsafe" warning (``MIXED`` and
-  ``ROW``, the defaults, log it by row).
+  It measured about 25 % less server time per row than ``UPDATE t JOIN (SELECT … UNION
+  ALL SELECT …) v ON t.pk = v.pk SET … WHERE t.wb_seq < v.wb_seq``, which stays for the
+  tables where the clause is not equivalent to an update (checked once per table, when
+  the writer is built):
+
+  - a ``BEFORE INSERT`` trigger: ``VALUES(c)`` is the row after that trigger, so an
+    insert-time rule (a default, a stamp) would rewrite every flushed update;
+  - a unique index MariaDB checks by hash (``UNIQUE … USING HASH``, which it builds for a
+    unique column wider than an index can hold): the server, not InnoDB, checks it, and at
+    REPEATABLE READ it reports the *other* row as the duplicate.
+
+  On MySQL (not MariaDB) that join compares the key with a derived table's values, which
+  MySQL 8 materialises in the connection's collation: a key column of another collation
+  is an error there, so such a table updates through the ORM.
 - **Updates, PostgreSQL and SQLite**: ``INSERT … ON CONFLICT (pk) DO UPDATE SET … WHERE
   t.wb_seq < excluded.wb_seq``: the conflict target is the primary key alone, so a
   collision in another unique index still fails; and the insert's columns give each
@@ -59,7 +66,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import django
-from django.db import OperationalError, connections, models
+from django.db import IntegrityError, OperationalError, connections, models
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.db.models import Field, Model
 
@@ -106,6 +113,10 @@ class RowWriter:
         self.reason = self._unsupported(connection)
         if self.reason:
             logger.debug("Write-behind flush of %s uses the ORM: %s", model._meta.label, self.reason)
+        #: How rows the database holds are updated: "upsert", "join" or "orm" (see the module).
+        self.update_kind = (
+            "upsert" if self.vendor != "mysql" or self.reason else self._mysql_update_kind(connection)
+        )
 
     @property
     def supported(self) -> bool:
@@ -120,6 +131,41 @@ class RowWriter:
         if custom:
             return f"fields with their own SQL placeholder: {', '.join(custom)}"
         return ""
+
+    def _mysql_update_kind(self, connection: Any) -> str:
+        """Whether ``ON DUPLICATE KEY UPDATE`` is equivalent to an update of this table (see the module)."""
+        table = self.model._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE EVENT_OBJECT_SCHEMA = DATABASE() "
+                "AND EVENT_OBJECT_TABLE = %s AND EVENT_MANIPULATION = 'INSERT' AND ACTION_TIMING = 'BEFORE'",
+                [table],
+            )
+            (triggers,) = cursor.fetchone()
+            cursor.execute(
+                "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_NAME = %s AND NON_UNIQUE = 0 AND INDEX_TYPE = 'HASH'",
+                [table],
+            )
+            (hashed,) = cursor.fetchone()
+        if not (triggers or hashed):
+            return "upsert"
+        why = "a BEFORE INSERT trigger" if triggers else "a unique index checked by hash"
+        if not connection.mysql_is_mariadb and self._collations_differ(connection):
+            logger.debug("Write-behind flush of %s updates through the ORM: %s", self.model._meta.label, why)
+            return "orm"
+        logger.debug("Write-behind flush of %s updates with UPDATE … JOIN: %s", self.model._meta.label, why)
+        return "join"
+
+    def _collations_differ(self, connection: Any) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT COLLATION_NAME, @@collation_connection FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s",
+                [self.model._meta.db_table, self.pk.column],
+            )
+            found = cursor.fetchone()
+        return bool(found and found[0] is not None and found[0] != found[1])
 
     def locked_seqs(self, pks: Sequence[Any]) -> dict[Any, int] | None:
         """
@@ -193,26 +239,45 @@ class RowWriter:
 
     def update(self, objs: Sequence[Model]) -> None:
         """Overwrite the rows of ``objs`` (which the database has, locked) with their values."""
+        upsert = self.vendor == "mysql" and self.update_kind == "upsert"
         for chunk in self._batches(objs):
             rows, params = self._rows(chunk)
             with connections[self.using].cursor() as cursor:
                 cursor.execute(self._update_sql(rows), params)
-                # ON DUPLICATE KEY UPDATE counts 2 per row it updated (1 per row it
-                # inserted or left as it was); ON CONFLICT counts 1.
-                per_row = 2 if self.vendor == "mysql" else 1
                 changed = cursor.rowcount
-            if changed != per_row * len(chunk):
-                # The rows are locked and were checked: only a row changed by something
-                # that ignores the locks gets here. Roll back and let the flush retry.
-                raise OperationalError(
-                    f"Write-behind flush of {self.model._meta.label}: {changed // per_row} of {len(chunk)} "
-                    "rows updated (the others hold a newer wb_seq); the batch is retried."
+            # ON DUPLICATE KEY UPDATE counts 2 per row it updated (1 per row it inserted
+            # or left as it was); the other statements count 1.
+            if changed == (2 if upsert else 1) * len(chunk):
+                continue
+            updated = changed // 2 if upsert else changed
+            if upsert:
+                # A state whose conflict was another row's unique value (the guard left
+                # that row as it was): a data error, so the split isolates it as poison.
+                raise IntegrityError(
+                    f"Write-behind flush of {self.model._meta.label}: {updated} of {len(chunk)} rows "
+                    "updated (a row's new unique value matched another row, or a row holds a newer "
+                    "wb_seq); the batch is split to find the write."
                 )
+            # The rows are locked and were checked: only a row changed by something that
+            # ignores the locks gets here. Roll back and let the flush retry.
+            raise OperationalError(
+                f"Write-behind flush of {self.model._meta.label}: {updated} of {len(chunk)} "
+                "rows updated (the others hold a newer wb_seq); the batch is retried."
+            )
 
     def _update_sql(self, rows: list[list[str]]) -> str:
         # As in insert(): identifiers and placeholders only, the values are parameters.
         if self.vendor == "mysql":
-            return self._upsert_sql(rows)
+            if self.update_kind == "upsert":
+                return self._upsert_sql(rows)
+            first = "SELECT " + ", ".join(f"{p} AS {c}" for p, c in zip(rows[0], self.columns, strict=True))
+            others = "".join(" UNION ALL SELECT " + ", ".join(row) for row in rows[1:])
+            assignments = ", ".join(f"t.{c} = v.{c}" for c in self.columns if c != self.pk_column)
+            return (
+                f"UPDATE {self.table} AS t JOIN ({first}{others}) AS v "  # noqa: S608
+                f"ON t.{self.pk_column} = v.{self.pk_column} SET {assignments} "
+                f"WHERE t.{self.seq_column} < v.{self.seq_column}"
+            )
         tuples = ", ".join("(" + ", ".join(row) + ")" for row in rows)
         assignments = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c != self.pk_column)
         return (
