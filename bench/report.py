@@ -319,8 +319,11 @@ METHOD = """## Method
   multi-row update), and beside them times the floor: one hand-written 500-row `INSERT` of
   prepared values in a transaction, with no queue, no decoding, no locking read and no Redis
   bookkeeping. What the flush adds to the floor: the locking read of the rows' `wb_seq` and
-  their tombstones, reading and decoding the stream entries, and, after the commit, the
-  acknowledgement and marking the rows clean in Redis.
+  their tombstones (on MySQL/MariaDB a second one after inserting new rows: the check that
+  no concurrent flush deleted them), the probe for fences, reading and decoding the stream
+  entries, and, after the commit, the acknowledgement and marking the rows clean in Redis.
+  As for every timing above, the garbage collector runs before each timed flush and is
+  paused during it; the worker rates below run with it on.
 - **Write-behind flush workers.** 20,000 queued saves of `bench.QueuedAuthor` are drained by 1, 2
   and 4 processes started together (`bench/flush_child.py`: each a consumer of the model's one
   stream, flushing one batch per transaction until the stream is empty); the time includes each
