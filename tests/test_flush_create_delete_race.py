@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 from django.db import connection, connections, models, transaction
 
+from cachepatterns_app.models import WriteBehindTombstone
 from cachepatterns_app.patterns.write_behind import flush as flush_module
+from cachepatterns_app.patterns.write_behind import sql
 from cachepatterns_app.patterns.write_behind.flush import flush_model
 from cachepatterns_app.registry import row_cache_for
 from tests.support import PATIENCE, Worker, session_id, wait_until, waits_for_a_lock
@@ -37,9 +39,22 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("held", ["create", "delete"])
-def test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, settings, monkeypatch):
+@pytest.mark.parametrize("others", [0, 1], ids=["no-other-tombstone", "another-rows-tombstone"])
+@pytest.mark.parametrize("held", ["create", "delete", "delete-after-its-check"])
+def test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, others, settings, monkeypatch):
+    """
+    ``held``: which flush is held, and where: the create's or the delete's right after its
+    tombstone lookup, or the delete's after its own check, its tombstone written and not
+    committed (the create's flush must then wait for it: a lookup that does not see an
+    uncommitted tombstone would let both commit). ``others``: tombstones of other rows of
+    the model, so that the lookups do not stop at the probe for any tombstone of the
+    model (``sql._any_tombstone``) but look the keys up.
+    """
     settings.CACHEPATTERNS = {**settings.CACHEPATTERNS, "WRITE_BEHIND": {"BATCH_SIZE": 1}}
+    # One key per batch: below the probe's threshold, so force it on for this test.
+    monkeypatch.setattr(sql, "PROBE_TOMBSTONES_AT", 1)
+    for i in range(others):
+        WriteBehindTombstone.objects.create(label=row_cache_for(Counter).label, pk_text=f"other-{i}", seq=1)
     row = Counter(name="short-lived")
     row.save()  # queued create
     row.delete()  # queued delete: the database never held the row
@@ -50,14 +65,26 @@ def test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, set
     looked_up, resume = threading.Event(), threading.Event()
     real_lookup = flush_module.locked_tombstones
 
-    def lookup(*args: Any, **kwargs: Any) -> dict[str, int]:
-        found = real_lookup(*args, **kwargs)
+    def hold() -> None:
         if threading.current_thread().name == "held" and not looked_up.is_set():
             looked_up.set()
             assert resume.wait(PATIENCE), "the other flush never finished nor waited"
+
+    def lookup(*args: Any, **kwargs: Any) -> dict[str, int]:
+        found = real_lookup(*args, **kwargs)
+        if held != "delete-after-its-check":
+            hold()
         return found
 
+    real_check = flush_module._check_new_rows
+
+    def check(*args: Any, **kwargs: Any) -> None:
+        real_check(*args, **kwargs)
+        if held == "delete-after-its-check":
+            hold()
+
     monkeypatch.setattr(flush_module, "locked_tombstones", lookup)
+    monkeypatch.setattr(flush_module, "_check_new_rows", check)
 
     def flush_one(consumer: str) -> Any:
         return flush_model(cache, "default", consumer=consumer, max_batches=1)
@@ -85,7 +112,7 @@ def test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, set
             assert [e.deleted for e in entries] == [False]
             held_flush = Worker(lambda: flush_one("held-worker"), name="held")
             held_flush.start()
-            assert looked_up.wait(PATIENCE), "the delete's flush never reached its tombstone lookup"
+            assert looked_up.wait(PATIENCE), "the delete's flush never reached its hold"
             other = Worker(lambda: _apply(cache, queue, entries, sessions), name="other")
             other.start()
             first = held_flush
@@ -141,4 +168,4 @@ def test_the_race_is_closed_at_every_isolation_level(held, isolation, settings, 
             "SHOW transaction_isolation" if connection.vendor == "postgresql" else "SELECT @@tx_isolation"
         )
         assert cursor.fetchone()[0].lower().replace("-", " ") == isolation
-    test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, settings, monkeypatch)
+    test_a_create_and_its_delete_flushed_at_the_same_time_leave_no_row(held, 0, settings, monkeypatch)
