@@ -110,3 +110,114 @@ def test_a_fence_that_cannot_be_recorded_does_not_undo_the_direct_write(monkeypa
     row.save(sync=True)
     assert models.QuerySet(Counter).filter(pk=row.pk, name="direct").exists()
     assert "Could not record write-behind fences" in caplog.text
+
+
+def _direct_save_elsewhere(cache: Any, pk: Any, monkeypatch: Any, name: str = "direct") -> None:
+    """A save(sync=True) by another process whose breaker is open (its own thread and connection)."""
+    from tests.support import Worker
+
+    def save() -> None:
+        other = models.QuerySet(Counter).get(pk=pk)
+        other.name, other.views = name, 9
+        other.save(sync=True)
+
+    with monkeypatch.context() as down:
+        down.setattr(cache, "next_seq", unreachable)
+        worker = Worker(save, "web")
+        worker.start()
+        worker.result()
+
+
+def _a_row_with_a_queued_write() -> Counter:
+    row = Counter(name="first", views=1)
+    row.save(sync=True)
+    queued = Counter.objects.get(pk=row.pk)
+    queued.name, queued.views = "queued before the direct write", 2
+    queued.save()
+    return row
+
+
+def test_a_waiting_flush_waits_for_another_flushs_repairs_instead_of_leaving_the_batch(monkeypatch):
+    """
+    A review's scenario: the batch met a fence while another flush held the repairs; the
+    flush left the batch (pending until RECLAIM_IDLE) although its caller asked to wait.
+    """
+    import threading
+
+    from cachepatterns_app.store import get_store
+
+    cache = row_cache_for(Counter)
+    row = _a_row_with_a_queued_write()
+    lock = cache.wb_keys("default").repairs
+    real_repairs = flush_module.apply_repairs
+    held = threading.Event()
+
+    def repairs(*args: Any, **kwargs: Any) -> bool:
+        done = real_repairs(*args, **kwargs)
+        if not held.is_set():
+            held.set()
+            _direct_save_elsewhere(cache, row.pk, monkeypatch)
+            get_store().execute("SET", lock, "another-flush", "PX", 60_000)  # another flush's repairs
+            # ... which that flush finishes a moment later (its lock released).
+            threading.Timer(0.2, lambda: get_store().execute("DEL", lock)).start()
+        return done
+
+    monkeypatch.setattr(flush_module, "apply_repairs", repairs)
+    result = flush_model(cache, "default", wait_for_repairs=True)
+    assert (result.left, result.stale, result.entries) == (0, 1, 1), result
+    assert cache.queue("default").length() == 0
+    assert models.QuerySet(Counter).get(pk=row.pk).name == "direct"
+
+
+def test_another_rows_fence_does_not_hold_up_the_batch(monkeypatch):
+    """
+    A review's scenario: the probe asked for any fence of the model, so direct writes of
+    other rows, one per attempt, kept a batch from ever being applied.
+    """
+    cache = row_cache_for(Counter)
+    row = _a_row_with_a_queued_write()
+    bystanders = [Counter(name=f"bystander {i}") for i in range(5)]
+    for bystander in bystanders:
+        bystander.save(sync=True)
+    real_repairs = flush_module.apply_repairs
+    written: list[Any] = []
+
+    def repairs_then_a_direct_write_elsewhere(*args: Any, **kwargs: Any) -> bool:
+        done = real_repairs(*args, **kwargs)
+        if len(written) < len(bystanders):
+            _direct_save_elsewhere(cache, bystanders[len(written)].pk, monkeypatch, name="bystander")
+            written.append(1)
+        return done
+
+    monkeypatch.setattr(flush_module, "apply_repairs", repairs_then_a_direct_write_elsewhere)
+    result = flush_model(cache, "default")
+    assert (result.rows, result.left) == (1, 0), result
+    assert models.QuerySet(Counter).get(pk=row.pk).name == "queued before the direct write"
+    assert models.QuerySet(WriteBehindFence).exists()  # the bystander's, for the next flush
+
+
+def test_a_flush_inside_a_callers_repeatable_read_transaction_sees_a_later_fence(monkeypatch):
+    """
+    A review's scenario (MariaDB): a flush in a caller's REPEATABLE READ transaction whose
+    snapshot predates a direct write missed its fence (a plain read), and the older queued
+    write overwrote the direct one. The probe is a locking (current) read.
+    """
+    from django.db import connection, transaction
+
+    if connection.vendor != "mysql":
+        pytest.skip("PostgreSQL: a locking read does not see rows inserted after the snapshot either")
+    from cachepatterns_app import flush_write_behind
+
+    cache = row_cache_for(Counter)
+    row = _a_row_with_a_queued_write()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        with transaction.atomic():
+            models.QuerySet(Counter).filter(pk=row.pk).exists()  # the request read something first
+            _direct_save_elsewhere(cache, row.pk, monkeypatch)
+            flush_write_behind(Counter)
+    finally:
+        connection.close()  # the next connection at the default level
+    stored = models.QuerySet(Counter).filter(pk=row.pk).values_list("name", "views").first()
+    assert stored == ("direct", 9)

@@ -10,10 +10,13 @@ for i = 1, #KEYS do
     if row[2] == 'x' then
       redis.call('DEL', KEYS[i])
     else
-      redis.call('HSET', KEYS[i], '~f', 'c')
+      -- The expiry first, and the mark through pcall: at maxmemory Redis refuses HSET but
+      -- not PEXPIRE, and the expiry is what frees the memory (the state is the database's
+      -- now, so a row still marked dirty may expire too).
       if tonumber(ARGV[1]) > 0 then
         redis.call('PEXPIRE', KEYS[i], ARGV[1])
       end
+      redis.pcall('HSET', KEYS[i], '~f', 'c')
     end
     cleaned = cleaned + 1
   end

@@ -6,7 +6,8 @@
 -- Returns {seq, queue length, entry id, new value}; {-1, length} over the limit;
 -- {0} the row is not in Redis (load it first); {-2} deleted; {-3, error} the column
 -- cannot take it (NULL, not an integer, or the sum would overflow); {-4} already added;
--- {-5, error} Redis refused the write (OOM at maxmemory): nothing was changed.
+-- {-5, error} Redis refused the write (OOM at maxmemory, READONLY, NOREPLICAS, MISCONF):
+-- nothing was changed.
 if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
   return {-4}
 end
@@ -27,10 +28,12 @@ end
 -- The script's first write: whatever it refuses, nothing has changed yet.
 local value = redis.pcall('HINCRBY', KEYS[1], ARGV[3], ARGV[4])
 if type(value) == 'table' then
-  if string.find(value.err, 'OOM command', 1, true) then
-    return {-5, value.err}
+  -- The column's own refusals; anything else (OOM, READONLY on a demoted master,
+  -- NOREPLICAS, MISCONF) is Redis refusing the write itself, with nothing changed.
+  if string.find(value.err, 'not an integer', 1, true) or string.find(value.err, 'overflow', 1, true) then
+    return {-3, value.err}
   end
-  return {-3, value.err}
+  return {-5, value.err}
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   local now = redis.call('TIME')

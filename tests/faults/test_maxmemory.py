@@ -182,3 +182,91 @@ def test_a_recorded_increment_replayed_into_a_full_redis_waits(full):
     full.client.config_set("maxmemory", 0)
     assert cache.replay_increment("default", row.pk, "views", 4, mark) == "added"
     assert cache.replay_increment("default", row.pk, "views", 4, mark) == "done"
+
+
+def test_an_incr_of_a_row_not_in_redis_on_a_full_redis_is_recorded(full, record):
+    """
+    Fault: the private Redis is past maxmemory (noeviction) when ``incr()`` runs on a row
+    Redis does not hold (saved with sync=True: the script must load it first).
+    Expected: the load is refused for memory before the increment was sent, so with "sync"
+    it is recorded in the database (a review found "whether it added the amount is
+    unknown" instead, and nothing recorded); the flush after maxmemory is lifted adds it.
+    Observed: incr() returned 6 (the column and the record), one record, 6 in the database
+    after the flush.
+    """
+    from cachepatterns_app.models import WriteBehindIncrement
+
+    with policy("sync"):
+        row = Counter(name="not in redis", views=1)
+        row.save(sync=True)
+        assert not full.client.exists(row_cache_for(Counter).keys(row.pk, "default").value)
+        reach_maxmemory(full)
+        assert Counter.objects.incr(row.pk, "views", 5) == 6
+        assert models.QuerySet(WriteBehindIncrement).count() == 1
+        full.client.config_set("maxmemory", 0)
+        flush_write_behind(Counter)
+        views = models.QuerySet(Counter).get(pk=row.pk).views
+    assert views == 6
+    record(db_after_flush=views)
+
+
+def test_a_flush_on_a_full_redis_drains_the_queue(full, record):
+    """
+    Fault: the private Redis is past maxmemory (noeviction) with writes queued.
+    Expected: the flush, which frees memory, runs: Redis refuses XGROUP CREATE at
+    maxmemory before it would say the group exists, and a review found every flush
+    stopping there. The reads and acknowledgements of the stream are allowed, and the
+    flushed row's state in Redis gets its TTL.
+    Observed: the queued row in the database, the stream empty, the row's state in Redis
+    given its TTL (it had none: the mark clean, refused, came before the expiry).
+    """
+    cache = row_cache_for(Counter)
+    queued = Counter(name="queued", views=1)
+    queued.save()
+    cache.queue("default").ensure_group()  # a flush ran before
+    reach_maxmemory(full)
+    flush_write_behind(Counter)
+    in_db = models.QuerySet(Counter).filter(pk=queued.pk).values_list("name", flat=True).first()
+    left = full.client.xlen(cache.wb_keys("default").stream)
+    assert (in_db, left) == ("queued", 0)
+    # The row in Redis now expires (HSET is refused at maxmemory, PEXPIRE is not): it
+    # would otherwise stay, without a TTL, holding the very memory the flush should free.
+    from cachepatterns_app.conf import get_settings
+
+    ttl = full.client.pttl(cache.keys(queued.pk, "default").value)
+    jitter = float(get_settings().TTL_JITTER)
+    assert 0 < ttl <= 300_000 * (1 + jitter)  # Counter's ttl, jittered
+    record(db_after_flush=in_db, stream_left=left, row_ttl_ms=ttl)
+
+
+@pytest.mark.parametrize("refusal", ["read-only replica", "min-replicas-to-write"])
+def test_a_replay_into_a_redis_refusing_writes_keeps_the_record(full, refusal, record):
+    """
+    Fault: Redis refuses writes for another reason than memory when a recorded increment
+    is replayed: a master demoted to a replica (READONLY), or min-replicas-to-write unmet
+    (NOREPLICAS).
+    Expected: the replay waits and the record is kept (a review found it "dropped" and
+    the record deleted: an acknowledged increment lost); once Redis takes writes again
+    the replay adds it once.
+    Observed: "wait" while refused, then "added", then "done".
+    """
+    from tests.support import _free_port
+
+    cache = row_cache_for(Counter)
+    row = Counter(name="replayed", views=1)
+    row.save(sync=True)
+    Counter.objects.incr(row.pk, "views", 1)  # the row is in Redis
+    mark = (cache.wb_keys("default").increment("test-token"), 60_000)
+    if refusal == "read-only replica":
+        full.client.replicaof("127.0.0.1", _free_port())  # a master that is not there
+    else:
+        full.client.config_set("min-replicas-to-write", 1)
+    refused = cache.replay_increment("default", row.pk, "views", 4, mark)
+    if refusal == "read-only replica":
+        full.client.replicaof("no", "one")
+    else:
+        full.client.config_set("min-replicas-to-write", 0)
+    added = cache.replay_increment("default", row.pk, "views", 4, mark)
+    again = cache.replay_increment("default", row.pk, "views", 4, mark)
+    assert (refused, added, again) == ("wait", "added", "done")
+    record(refusal=refusal, outcomes=[refused, added, again])

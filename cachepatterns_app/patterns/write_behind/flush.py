@@ -129,19 +129,19 @@ def flush_model(
         # A worker shutting down finishes what it was handed (warm shutdown).
         own = queue.read_own(consumer, batch_size)
         if own:
-            total.add(_apply_entries(cache, using, queue, own))
+            total.add(_apply_entries(cache, using, queue, own, wait=wait_for_repairs))
     # What dead workers held, and writes whose retry backoff is over (the claim checks
     # the backoff, so a failing write is not retried at every flush); then everything new.
     claimed = queue.claim_due(consumer, batch_size, float(settings["RECLAIM_IDLE"]))
     if claimed:
-        total.add(_apply_entries(cache, using, queue, claimed))
+        total.add(_apply_entries(cache, using, queue, claimed, wait=wait_for_repairs))
     batches = 0
     while max_batches is None or batches < max_batches:
         entries = queue.read_new(consumer, batch_size)
         if not entries:
             break
         batches += 1
-        result = _apply_entries(cache, using, queue, entries)
+        result = _apply_entries(cache, using, queue, entries, wait=wait_for_repairs)
         total.add(result)
         if result.left:
             break  # the database is unreachable: the rest waits for the next flush
@@ -153,7 +153,10 @@ def flush_model(
     return total
 
 
-def _apply_entries(cache: WriteBehindRowCache, using: str, queue: Queue, entries: list[Entry]) -> FlushResult:
+def _apply_entries(
+    cache: WriteBehindRowCache, using: str, queue: Queue, entries: list[Entry], *, wait: bool = True
+) -> FlushResult:
+    """Apply ``entries``; ``wait``: wait for another flush's outage repairs rather than leave the batch."""
     rows: dict[Any, _Row] = {}
     result = FlushResult()
     for entry in entries:
@@ -165,7 +168,7 @@ def _apply_entries(cache: WriteBehindRowCache, using: str, queue: Queue, entries
             _poison(cache, queue, using, [_Row(None, [entry])], f"unreadable queue entry: {e}", result)
             continue
         rows.setdefault(pk, _Row(pk, [])).entries.append(entry)
-    _apply_rows(cache, using, queue, list(rows.values()), result)
+    _apply_rows(cache, using, queue, list(rows.values()), result, wait=wait)
     return result
 
 
@@ -174,7 +177,13 @@ def _json(entry: Entry, attname: str) -> Any:
 
 
 def _apply_rows(
-    cache: WriteBehindRowCache, using: str, queue: Queue, rows: list[_Row], result: FlushResult
+    cache: WriteBehindRowCache,
+    using: str,
+    queue: Queue,
+    rows: list[_Row],
+    result: FlushResult,
+    *,
+    wait: bool = True,
 ) -> None:
     if not rows:
         return
@@ -184,8 +193,8 @@ def _apply_rows(
         try:
             applied, stale = _commit(cache, using, rows)
         except _FencesPending:
-            if not apply_repairs(cache, using, wait=False):
-                break  # another flush applies them: this batch waits for a later flush
+            if not apply_repairs(cache, using, wait=wait):
+                break  # another flush applies them (a beat task: it does not wait): later
             continue
         except _Raced as e:
             # Rolled back; the other flush has committed (this one waited for it), so
@@ -215,17 +224,49 @@ def _apply_rows(
                 _poison(cache, queue, using, rows, f"{type(e).__name__}: {e}", result)
                 return
             half = len(rows) // 2
-            _apply_rows(cache, using, queue, rows[:half], result)
-            _apply_rows(cache, using, queue, rows[half:], result)
+            _apply_rows(cache, using, queue, rows[:half], result, wait=wait)
+            _apply_rows(cache, using, queue, rows[half:], result, wait=wait)
             return
         elapsed = time.monotonic() - started
         result.batches.append(elapsed)
-        _after_commit(cache, using, queue, rows, applied, stale, result)
+        if connections[using].in_atomic_block:
+            _after_callers_commit(cache, using, queue, rows, applied, stale, result)
+        else:
+            _after_commit(cache, using, queue, rows, applied, stale, result)
         observe = getattr(stats, "observe", None)
         if observe is not None:
             observe("wb_flush", cache.label, elapsed)
         return
     result.left += sum(len(row.entries) for row in rows)
+
+
+def _after_callers_commit(
+    cache: WriteBehindRowCache,
+    using: str,
+    queue: Queue,
+    rows: list[_Row],
+    applied: list[tuple[Any, int]],
+    stale: list[tuple[Any, int]],
+    result: FlushResult,
+) -> None:
+    """
+    The flush ran inside a transaction of the caller's (``objects.flushed()`` in a view
+    under ``ATOMIC_REQUESTS``): its writes are the caller's until that commits, so the
+    entries are acknowledged then, not now. Rolled back, they stay queued and a later
+    flush applies them (acknowledged now, they would have been lost with the rollback).
+    """
+    try:
+        transaction.on_commit(
+            lambda: _after_commit(cache, using, queue, rows, applied, stale, FlushResult()), using=using
+        )
+    except transaction.TransactionManagementError:
+        # set_autocommit(False) by hand: on_commit() refuses; nothing can wait for it.
+        _after_commit(cache, using, queue, rows, applied, stale, result)
+        return
+    # Counted now, as written: what the caller reads in its transaction has them.
+    result.rows += len(applied)
+    result.stale += len(stale)
+    result.entries += sum(len(row.entries) for row in rows)
 
 
 def _reconnect(using: str) -> None:
@@ -270,7 +311,7 @@ def _commit(
             # bumped under the old value too.
             old = list(query)
             seqs = {row.pk: int(getattr(row, SEQ_FIELD, 0) or 0) for row in old}
-        if fences_pending(cache, using):
+        if fences_pending(cache, using, list(texts.values())):
             # A direct write made while Redis was unreachable (a process whose breaker is
             # still open, say) after this flush applied its repairs: its fence must come
             # first, or a write queued before it would overwrite it. Asked with the rows

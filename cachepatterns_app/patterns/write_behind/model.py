@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from django.db import DatabaseError, connections, models, router, transaction
@@ -286,12 +286,39 @@ def repairs_pending(cache: Any, using: str) -> tuple[bool, bool]:
     return bool(fences), bool(increments)
 
 
-def fences_pending(cache: Any, using: str) -> bool:
-    """Whether a direct write made while Redis was unreachable waits to be fenced (one indexed probe)."""
+def fences_pending(cache: Any, using: str, texts: Sequence[str]) -> bool:
+    """
+    Whether a direct write made while Redis was unreachable waits to be fenced for any of
+    the rows ``texts`` (their key texts): first one indexed probe for the model, then, only
+    if it has any fence, the rows themselves (another row's fence does not hold them up).
+
+    Locking reads on MySQL/MariaDB (shared): current reads, so a flush inside a caller's
+    REPEATABLE READ transaction sees a fence committed after its snapshot too.
+    """
     from cachepatterns_app.models import WriteBehindFence
 
-    recorded: Any = models.QuerySet(WriteBehindFence, using=router.db_for_write(WriteBehindFence))
-    return bool(recorded.filter(label=cache.label, db_alias=using).exists())
+    where = router.db_for_write(WriteBehindFence)
+    connection = connections[where]
+    meta: Any = WriteBehindFence._meta
+    quote = connection.ops.quote_name
+    table = quote(meta.db_table)
+    label, alias, text = (quote(meta.get_field(name).column) for name in ("label", "db_alias", "pk_text"))
+    share = " LOCK IN SHARE MODE" if connection.vendor == "mysql" else ""
+    # Only quoted identifiers and placeholders are interpolated; the values are parameters.
+    sql = f"SELECT 1 FROM {table} WHERE {label} = %s AND {alias} = %s"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} LIMIT 1{share}", [cache.label, using])
+        if cursor.fetchone() is None:
+            return False
+        for start in range(0, len(texts), REPAIR_BATCH):
+            chunk = list(texts[start : start + REPAIR_BATCH])
+            cursor.execute(
+                f"{sql} AND {text} IN ({', '.join(['%s'] * len(chunk))}) LIMIT 1{share}",
+                [cache.label, using, *chunk],
+            )
+            if cursor.fetchone() is not None:
+                return True
+    return False
 
 
 def record_increment(cache: Any, db: str, pk: Any, field: Any, amount: int) -> int:

@@ -317,7 +317,8 @@ class WriteBehindRowCache(RowCache):
         except CacheUnavailable as e:
             return self._incr_without_redis(db, pk, field, amount, e)
         if reply[0] == -5:
-            # Refused before it changed anything (maxmemory): as unsent as a refused connection.
+            # Refused before it changed anything (maxmemory, a read-only replica): as unsent
+            # as a refused connection.
             refused = CacheUnavailable(f"Redis refused the increment: {_reply_text(reply[1])}", unsent=True)
             return self._incr_without_redis(db, pk, field, amount, refused)
         if reply[0] == -3:
@@ -342,7 +343,12 @@ class WriteBehindRowCache(RowCache):
             args += (mark[1],)
         reply: list[Any] = self._store().script("wb_incr", script_keys, args)
         if reply[0] == 0:
-            self._load_row(db, pk)
+            try:
+                self._load_row(db, pk)
+            except CacheUnavailable as e:
+                # The script only read (the row is not in Redis): the increment was not
+                # sent, whatever stopped the row's load (a refusal at maxmemory, say).
+                raise CacheUnavailable(str(e), unsent=True) from e
             reply = self._store().script("wb_incr", script_keys, args)
         return reply
 
@@ -454,7 +460,7 @@ class WriteBehindRowCache(RowCache):
         if code == -4:
             return "done"
         if code in (-1, -5):
-            return "wait"  # the queue is full, or Redis is at maxmemory: later
+            return "wait"  # the queue is full, or Redis refused the write (maxmemory): later
         if code == 0:
             # The row in Redis has another layout (a previous deploy's dirty row) or left
             # again: the flush of that write settles it; the record waits until then.
