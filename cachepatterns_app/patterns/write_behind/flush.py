@@ -256,8 +256,12 @@ def _after_callers_commit(
     flush applies them (acknowledged now, they would have been lost with the rollback).
     """
     try:
+        # robust: the caller's commit has happened; an error here must not fail its request
+        # (the entries then stay pending, and a later flush skips them as stale).
         transaction.on_commit(
-            lambda: _after_commit(cache, using, queue, rows, applied, stale, FlushResult()), using=using
+            lambda: _after_commit(cache, using, queue, rows, applied, stale, FlushResult()),
+            using=using,
+            robust=True,
         )
     except transaction.TransactionManagementError:
         # set_autocommit(False) by hand: on_commit() refuses; nothing can wait for it.
