@@ -46,7 +46,7 @@ from django.db.models import Model
 
 from cachepatterns_app import stats
 from cachepatterns_app.changes import UPDATE, RowChange
-from cachepatterns_app.exceptions import CacheUnavailable, SerializationError
+from cachepatterns_app.exceptions import CacheUnavailable, SerializationError, WriteBehindError
 from cachepatterns_app.leases import ttl_ms
 from cachepatterns_app.patterns.write_behind import state as row_state
 from cachepatterns_app.patterns.write_behind.model import (
@@ -123,6 +123,11 @@ def flush_model(
     # recorded increments): nothing queued may be flushed before.
     if not apply_repairs(cache, using, wait=wait_for_repairs):
         return total
+    if connections[using].in_atomic_block:
+        # Inside a transaction of the caller's: see _flush_in_callers_transaction.
+        total.add(_flush_in_callers_transaction(cache, using, queue, batch_size, max_batches))
+        _warn_if_behind(cache, queue, float(settings["WARN_AFTER"]))
+        return total
     # What this worker was handed and never finished, what dead workers held, and
     # writes whose retry backoff is over; then everything new.
     if drain:
@@ -151,6 +156,78 @@ def flush_model(
             break
     _warn_if_behind(cache, queue, float(settings["WARN_AFTER"]))
     return total
+
+
+def _flush_in_callers_transaction(
+    cache: WriteBehindRowCache, using: str, queue: Queue, batch_size: int, max_batches: int | None
+) -> FlushResult:
+    """
+    Flush inside a transaction of the caller's (``objects.flushed()`` in a view under
+    ``ATOMIC_REQUESTS``, or in a ``TestCase``): the rows are written in that transaction,
+    so what the caller reads next in it has them.
+
+    The entries are read from the stream without the consumer group, so none is
+    delivered to this process: if the caller rolls back, they stay as they were, new,
+    and the next flush takes them (delivered and rolled back, they would wait for
+    ``RECLAIM_IDLE``). They are acknowledged and deleted when the caller commits. Entries
+    another worker holds may be among them: the row locks order the two, and whichever
+    comes second finds them stale. Entries already applied in this transaction (awaiting
+    its commit) are skipped, so flushing twice in it counts them once.
+    """
+    level = _isolation(using)
+    if level not in ("read committed", "read uncommitted"):
+        raise WriteBehindError(
+            f"Write-behind flush of {cache.label} inside a transaction at {level.upper()}: it could "
+            "not see what other processes committed after the transaction's snapshot (a direct "
+            "write's fence, another flush's rows), and would write over them. Flush before the "
+            "transaction, or run it at READ COMMITTED (Django's default)."
+        )
+    total = FlushResult()
+    awaiting = _awaiting(using)
+    after = ""
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        entries = queue.peek(after, batch_size)
+        if not entries:
+            break
+        after = entries[-1].id
+        batches += 1
+        fresh = [entry for entry in entries if entry.id not in awaiting]
+        if fresh:
+            result = _apply_entries(cache, using, queue, fresh)
+            total.add(result)
+            if result.left:
+                break
+        if len(entries) < batch_size:
+            break
+    return total
+
+
+def _isolation(using: str) -> str:
+    """The isolation level of the current transaction of ``using``, in lower case with spaces."""
+    connection: Any = connections[using]
+    if connection.vendor == "postgresql":
+        sql = "SHOW transaction_isolation"
+    elif connection.vendor == "mysql":
+        # MariaDB before 11.1 knows only the old name; MySQL 8 only the new one.
+        sql = f"SELECT @@SESSION.{'tx_isolation' if connection.mysql_is_mariadb else 'transaction_isolation'}"
+    else:
+        return "read committed"  # SQLite: one writer at a time, what is committed is seen
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        return str(cursor.fetchone()[0]).lower().replace("-", " ")
+
+
+def _awaiting(using: str) -> set[str]:
+    """The ids of entries applied in the current transaction of ``using`` (acknowledged at its commit)."""
+    connection = connections[using]
+    # Keyed by the outermost atomic block: a new transaction has a new one.
+    outermost = connection.atomic_blocks[0]
+    memo = getattr(connection, "_cachepatterns_awaiting", None)
+    if memo is None or memo[0] is not outermost:
+        memo = (outermost, set())
+        connection._cachepatterns_awaiting = memo  # type: ignore[attr-defined]
+    return memo[1]
 
 
 def _apply_entries(
@@ -203,6 +280,10 @@ def _apply_rows(
             stats.record("wb_retried", cache.label, len(rows))
             continue
         except (OperationalError, InterfaceError) as e:
+            if connections[using].in_atomic_block:
+                # The caller's transaction is broken (a deadlock rolls it back on MySQL)
+                # and a reconnect would end it silently: the caller must hear of it.
+                raise
             stats.record("wb_retried", cache.label, len(rows))
             logger.warning(
                 "Write-behind flush of %s: the database is unavailable (%s); attempt %d of %d",
@@ -250,14 +331,13 @@ def _after_callers_commit(
     result: FlushResult,
 ) -> None:
     """
-    The flush ran inside a transaction of the caller's (``objects.flushed()`` in a view
-    under ``ATOMIC_REQUESTS``): its writes are the caller's until that commits, so the
-    entries are acknowledged then, not now. Rolled back, they stay queued and a later
-    flush applies them (acknowledged now, they would have been lost with the rollback).
+    The rows were written in the caller's transaction: acknowledge the entries when it
+    commits, not now (acknowledged now, a rollback would lose them with the rows).
     """
+    _awaiting(using).update(entry.id for row in rows for entry in row.entries)
     try:
-        # robust: the caller's commit has happened; an error here must not fail its request
-        # (the entries then stay pending, and a later flush skips them as stale).
+        # robust: the caller's commit has happened; an error here must not fail its
+        # request (the entries then stay queued, and a later flush skips them as stale).
         transaction.on_commit(
             lambda: _after_commit(cache, using, queue, rows, applied, stale, FlushResult()),
             using=using,
@@ -458,7 +538,8 @@ def _check_new_rows(
     if gone and models.QuerySet(model, using=using).filter(pk__in=gone).select_for_update().exists():
         raise _Raced(f"a concurrent flush created a row of {cache.label} this batch deletes")
     if created and connections[using].vendor == "mysql":
-        found = locked_tombstones(using, cache.label, [texts[pk] for pk in created])
+        # By key, never through the probe: this read must wait for an uncommitted tombstone.
+        found = locked_tombstones(using, cache.label, [texts[pk] for pk in created], probe=False)
         if any(found.get(texts[pk], 0) >= latest[pk].seq for pk in created):
             raise _Raced(f"a concurrent flush deleted a row of {cache.label} this batch creates")
 

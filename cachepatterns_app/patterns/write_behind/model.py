@@ -292,8 +292,12 @@ def fences_pending(cache: Any, using: str, texts: Sequence[str]) -> bool:
     the rows ``texts`` (their key texts): first one indexed probe for the model, then, only
     if it has any fence, the rows themselves (another row's fence does not hold them up).
 
-    Locking reads on MySQL/MariaDB (shared): current reads, so a flush inside a caller's
-    REPEATABLE READ transaction sees a fence committed after its snapshot too.
+    Plain reads, asked with the batch's rows locked, in the flush's own transaction (a
+    flush never runs in the caller's: ``flush._own_connection``): the first read of it
+    takes its snapshot (REPEATABLE READ) after those locks, so a direct write committed
+    before is seen with its fence, and no lock of a fence is waited for (a review found a
+    locking probe waiting for another row's uncommitted fence, in a deadlock with the
+    direct write that recorded it).
     """
     from cachepatterns_app.models import WriteBehindFence
 
@@ -303,17 +307,16 @@ def fences_pending(cache: Any, using: str, texts: Sequence[str]) -> bool:
     quote = connection.ops.quote_name
     table = quote(meta.db_table)
     label, alias, text = (quote(meta.get_field(name).column) for name in ("label", "db_alias", "pk_text"))
-    share = " LOCK IN SHARE MODE" if connection.vendor == "mysql" else ""
     # Only quoted identifiers and placeholders are interpolated; the values are parameters.
     sql = f"SELECT 1 FROM {table} WHERE {label} = %s AND {alias} = %s"  # noqa: S608
     with connection.cursor() as cursor:
-        cursor.execute(f"{sql} LIMIT 1{share}", [cache.label, using])
+        cursor.execute(f"{sql} LIMIT 1", [cache.label, using])
         if cursor.fetchone() is None:
             return False
         for start in range(0, len(texts), REPAIR_BATCH):
             chunk = list(texts[start : start + REPAIR_BATCH])
             cursor.execute(
-                f"{sql} AND {text} IN ({', '.join(['%s'] * len(chunk))}) LIMIT 1{share}",
+                f"{sql} AND {text} IN ({', '.join(['%s'] * len(chunk))}) LIMIT 1",
                 [cache.label, using, *chunk],
             )
             if cursor.fetchone() is not None:

@@ -110,6 +110,11 @@ class Queue:
         )
         return self._entries(reply)
 
+    def peek(self, after: str, count: int) -> list[Entry]:
+        """Return up to ``count`` entries after id ``after`` ("" from the start), delivering none."""
+        reply = self.store.call("xrange", self.keys.stream, f"({after}" if after else "-", "+", count=count)
+        return [Entry(_text(entry_id), _fields(fields)) for entry_id, fields in reply or [] if fields]
+
     def read_own(self, consumer: str, count: int) -> list[Entry]:
         """Re-read the entries delivered to ``consumer`` and not acknowledged (its own backlog)."""
         reply = self._group_call(

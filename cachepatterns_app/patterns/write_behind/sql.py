@@ -374,7 +374,7 @@ def writer_for(model: type[Model], using: str, seq_field: str) -> RowWriter:
     return memo[1]
 
 
-def locked_tombstones(using: str, label: str, texts: Sequence[str]) -> dict[str, int]:
+def locked_tombstones(using: str, label: str, texts: Sequence[str], *, probe: bool = True) -> dict[str, int]:
     """Return ``{pk_text: seq}`` of the tombstones of ``label``'s rows ``texts``, locked in key order."""
     from cachepatterns_app.models import WriteBehindTombstone
 
@@ -388,7 +388,7 @@ def locked_tombstones(using: str, label: str, texts: Sequence[str]) -> dict[str,
         quote(column("pk_text").column),
         quote(column("seq").column),
     )
-    if len(texts) >= PROBE_TOMBSTONES_AT and not _any_tombstone(connection, table, label_c, label):
+    if probe and len(texts) >= PROBE_TOMBSTONES_AT and not _any_tombstone(connection, table, label_c, label):
         return {}
     lock = connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
     out: dict[str, int] = {}
@@ -409,13 +409,12 @@ def _any_tombstone(connection: Any, table: str, label_column: str, label: str) -
     Whether ``label`` has any tombstone: one indexed probe, where most models have none
     (deletes are rare, and the reclaim task prunes them), instead of a lookup of every key.
 
-    It sees what the lookup it replaces would: on MySQL/MariaDB a shared locking read,
-    which waits for a tombstone another flush inserted and has not committed (the new-row
-    check relies on that); on PostgreSQL the advisory locks were taken before (see
-    ``flush._lock_new_rows``), so a plain read at READ COMMITTED sees every commit that
-    matters; SQLite has one writer.
+    A plain read, in the flush's own transaction with its rows locked. Not a locking one:
+    that would wait for any uncommitted tombstone of the model, a direct delete's too, in
+    a deadlock with that transaction if it then writes a row this flush holds. The one
+    lookup that must wait for an uncommitted tombstone, the new-row check after an insert
+    (``flush._check_new_rows``), looks its keys up without this probe.
     """
-    share = " LOCK IN SHARE MODE" if connection.vendor == "mysql" else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {table} WHERE {label_column} = %s LIMIT 1{share}", [label])  # noqa: S608
+        cursor.execute(f"SELECT 1 FROM {table} WHERE {label_column} = %s LIMIT 1", [label])  # noqa: S608
         return cursor.fetchone() is not None
