@@ -348,9 +348,13 @@ def _after_callers_commit(
         _after_commit(cache, using, queue, rows, applied, stale, result)
         return
     # Counted now, as written: what the caller reads in its transaction has them.
+    _count(result, applied, stale, sum(len(row.entries) for row in rows))
+
+
+def _count(result: FlushResult, applied: list[Any], stale: list[Any], entries: int) -> None:
     result.rows += len(applied)
     result.stale += len(stale)
-    result.entries += sum(len(row.entries) for row in rows)
+    result.entries += entries
 
 
 def _reconnect(using: str) -> None:
@@ -370,14 +374,16 @@ def _commit(
     texts = {pk: _pk_text(cache, pk) for pk in latest}
     applied: list[tuple[Any, int]] = []
     stale: list[tuple[Any, int]] = []
-    outermost = not connections[using].in_atomic_block
+    connection = connections[using]
+    vendor = connection.vendor
+    outermost = not connection.in_atomic_block
     with transaction.atomic(using=using), flushing():
-        if outermost and connections[using].vendor == "postgresql":
+        if outermost and vendor == "postgresql":
             # The new-row checks (_check_new_rows) need each statement's own snapshot, taken
             # after the advisory locks: at REPEATABLE READ the first statement's would hide
             # the other flush's commit. So the flush's own transaction reads committed,
             # whatever the connection's level (a transaction of the caller's is left alone).
-            with connections[using].cursor() as cursor:
+            with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         writer = writer_for(model, using, SEQ_FIELD)
         old: list[Model] = []
@@ -402,7 +408,6 @@ def _commit(
             # locked, so a direct write committed before is seen with its fence (recorded
             # in its transaction, or just after it).
             raise _FencesPending
-        vendor = connections[using].vendor
         if vendor == "postgresql":
             _lock_new_rows(
                 using,
@@ -613,9 +618,7 @@ def _after_commit(
             e,
         )
         return
-    result.rows += len(applied)
-    result.stale += len(stale)
-    result.entries += len(ids)
+    _count(result, applied, stale, len(ids))
     if applied:
         stats.record("wb_flushed", cache.label, len(applied))
 

@@ -194,9 +194,9 @@ def prune_tombstones(cache: Any, using: str) -> int:
 
 def _pk_text(cache: Any, pk: Any) -> str:
     field = cache.pk_field
-    plain = _plain_text.get(type(field))
+    cls = type(field)
+    plain = _plain_text.get(cls)
     if plain is None:
-        cls = type(field)
         # Field.value_to_string is str(getattr(obj, attname)): where a class keeps it
         # (Django's key fields do), the text is str(pk) without the holder object.
         plain = _plain_text[cls] = (
@@ -292,10 +292,11 @@ def fences_pending(cache: Any, using: str, texts: Sequence[str]) -> bool:
     the rows ``texts`` (their key texts): first one indexed probe for the model, then, only
     if it has any fence, the rows themselves (another row's fence does not hold them up).
 
-    Plain reads, asked with the batch's rows locked, in the flush's own transaction (a
-    flush never runs in the caller's: ``flush._own_connection``): the first read of it
-    takes its snapshot (REPEATABLE READ) after those locks, so a direct write committed
-    before is seen with its fence, and no lock of a fence is waited for (a review found a
+    Plain reads, asked with the batch's rows locked: in the flush's own transaction the
+    first read takes its snapshot (REPEATABLE READ) after those locks, and a flush in the
+    caller's transaction runs only at READ COMMITTED (``flush._flush_in_callers_transaction``),
+    so a direct write committed before is seen with its fence, and no lock of a fence is
+    waited for (a review found a
     locking probe waiting for another row's uncommitted fence, in a deadlock with the
     direct write that recorded it).
     """

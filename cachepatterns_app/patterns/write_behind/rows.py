@@ -34,7 +34,7 @@ from cachepatterns_app.keys import RowKeys, WriteBehindKeys, write_behind_keys
 from cachepatterns_app.leases import LEASED, await_turn, fill_allowed, lease_lifetime_ms, ttl_ms
 from cachepatterns_app.patterns.cache_aside import RowCache
 from cachepatterns_app.patterns.write_behind import state as row_state
-from cachepatterns_app.patterns.write_behind.queue import Queue
+from cachepatterns_app.patterns.write_behind.queue import Queue, _text
 from cachepatterns_app.store import new_token
 
 __all__ = ["WriteBehindRowCache", "flushing"]
@@ -319,12 +319,12 @@ class WriteBehindRowCache(RowCache):
         if reply[0] == -5:
             # Refused before it changed anything (maxmemory, a read-only replica): as unsent
             # as a refused connection.
-            refused = CacheUnavailable(f"Redis refused the increment: {_reply_text(reply[1])}", unsent=True)
+            refused = CacheUnavailable(f"Redis refused the increment: {_text(reply[1])}", unsent=True)
             return self._incr_without_redis(db, pk, field, amount, refused)
         if reply[0] == -3:
             raise WriteBehindError(
                 f"{self.label}.incr({pk!r}, {field_name!r}): Redis cannot add to the column "
-                f"({_reply_text(reply[1]) if len(reply) > 1 else 'NULL'}); nothing was added. If it is NULL, "
+                f"({_text(reply[1]) if len(reply) > 1 else 'NULL'}); nothing was added. If it is NULL, "
                 "set it with save() first."
             )
         self._accepted(reply, db, None, "incr", pk=pk, field=field, amount=amount)
@@ -594,10 +594,6 @@ class WriteBehindRowCache(RowCache):
 
 
 _UNAVAILABLE = -1
-
-
-def _reply_text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 _vendors: dict[str, tuple[Any, str]] = {}
